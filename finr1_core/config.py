@@ -1,0 +1,220 @@
+"""Pipeline configuration: one pydantic model, loaded from YAML, validated before any work starts.
+
+A bad key or value fails with one line naming the key and what was expected::
+
+    config error: teacher.temperature: Input should be less than or equal to 2 (got 7)
+
+Secrets (API keys) are never stored in the config: the config names an environment variable
+(``api_key_env``) and the key is read from the environment when a client is built.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def finr1_home() -> Path:
+    return Path(os.environ.get("FINR1_HOME", Path.home() / ".cache" / "finr1")).expanduser()
+
+
+def embedded_model_dir() -> Path:
+    return finr1_home() / "models" / "SmolLM2-135M-Instruct-bf16"
+
+
+class ConfigError(ValueError):
+    """A config problem, always rendered as one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceSpec(_Strict):
+    name: str = Field(description="Source name as listed by `finr1 sources`")
+    path: str | None = Field(None, description="Local file or directory (json, jsonl, csv, parquet)")
+    hub_id: str | None = Field(None, description="Hugging Face dataset id (used when no path is given)")
+    split: str | None = None
+    max_rows: int | None = Field(None, ge=1, description="Per-source cap")
+    role: Literal["train", "eval"] = "train"
+
+
+class DataConfig(_Strict):
+    sources: list[SourceSpec] = Field(default_factory=list)
+    eval_holdout: int = Field(4, ge=0, description="Rows per train source held out for evaluation")
+
+
+class PromptConfig(_Strict):
+    math_suffix_zh: str = "请一步步推理，并把最终答案放到 \\boxed{}。"
+    math_suffix_en: str = "Please reason step by step, and put your final answer within \\boxed{}."
+    think_prefix: str = "<think>\n"
+
+
+class EndpointConfig(_Strict):
+    name: str
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL; null = the managed local server")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key")
+
+
+class ServeConfig(_Strict):
+    """How the pipeline gets its model server. `managed` starts `transformers serve` itself."""
+
+    kind: Literal["managed", "external"] = "managed"
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 = a free port")
+    startup_timeout_s: float = Field(180, gt=0)
+    continuous_batching: bool = True
+
+
+class LLMRole(_Strict):
+    model: str = Field(description="Model name sent in each request (for transformers serve: the served path)")
+    endpoints: list[EndpointConfig] = Field(default_factory=lambda: [EndpointConfig(name="local")])
+    mode: Literal["completions", "chat-prefill", "chat"] = "completions"
+    tokenizer: str | None = Field(None, description="Tokenizer for local template rendering (completions mode)")
+    temperature: float = Field(0.6, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    n: int = Field(1, ge=1, description="Samples per prompt")
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(120, gt=0)
+    max_retries: int = Field(5, ge=0)
+    price_per_m_input: float = Field(0.0, ge=0)
+    price_per_m_output: float = Field(0.0, ge=0)
+
+
+class DistillConfig(_Strict):
+    shard_size: int = Field(64, ge=1)
+    ray_address: str | None = Field(None, description="null = local Ray; 'auto' or 'ray://host:10001' for a cluster")
+    num_workers: int = Field(2, ge=1, description="Ray actors per shard")
+    ray_num_cpus: int | None = Field(None, ge=1)
+
+
+class FilterConfig(_Strict):
+    rel_tol: float = Field(0.01, ge=0)
+    judge_retries: int = Field(2, ge=0)
+    minhash_threshold: float = Field(0.85, gt=0, le=1)
+    minhash_ngram: int = Field(5, ge=1)
+    decontam_ngram: int = Field(13, ge=1)
+
+
+class SFTConfig(_Strict):
+    max_steps: int = Field(2, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    per_device_batch_size: int = Field(2, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    deepspeed: str | None = Field(None, description="Path to a DeepSpeed config (production: ZeRO-3)")
+    bf16: bool = False
+
+
+class GRPOConfig(_Strict):
+    max_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-5, gt=0)
+    num_generations: int = Field(4, ge=2)
+    per_device_batch_size: int = Field(4, ge=1)
+    max_completion_length: int = Field(48, ge=8)
+    beta: float = Field(0.0, ge=0, description="KL weight; Fin-R1 used no reference model (0)")
+    temperature: float = Field(0.7, gt=0)
+    max_prompts: int = Field(8, ge=1)
+    deepspeed: str | None = None
+    bf16: bool = False
+
+
+class TrainConfig(_Strict):
+    base_model: str = Field(description="Student model: a local directory or a hub id")
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    max_rows: int = Field(12, ge=1, description="Held-out rows evaluated per model")
+    max_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    use_judge: bool = True
+
+
+class PipelineConfig(_Strict):
+    profile: str = "embedded"
+    storage_root: str = Field("runs", description="fsspec URI: a local path or s3://bucket/prefix")
+    run_id: str | None = None
+    limit: int | None = Field(None, ge=1, description="Cap rows per source (quick runs)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    teacher: LLMRole
+    judge: LLMRole
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("storage_root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must be a local path or an fsspec URI such as s3://bucket/prefix")
+        return v
+
+    def public_dict(self) -> dict:
+        """The config as written to manifests and reports: it never holds secrets by design."""
+        return self.model_dump(mode="json")
+
+
+_EMBEDDED_TOKENS = {"${EMBEDDED_MODEL}": lambda: str(embedded_model_dir()), "${REPO}": lambda: str(REPO_ROOT)}
+
+
+def _expand(obj: Any) -> Any:
+    if isinstance(obj, str):
+        for tok, fn in _EMBEDDED_TOKENS.items():
+            if tok in obj:
+                obj = obj.replace(tok, fn())
+        return obj
+    if isinstance(obj, list):
+        return [_expand(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _expand(v) for k, v in obj.items()}
+    return obj
+
+
+def _one_line(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = e.get("input")
+    got_s = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"config error: {loc}: {msg}{got_s}{more}"
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
+    """Load, expand ``${EMBEDDED_MODEL}``/``${REPO}`` and validate. Raises ConfigError (one line)."""
+    path = Path(path) if path else REPO_ROOT / "configs" / "embedded.yaml"
+    if not path.exists():
+        raise ConfigError(f"config error: file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config error: {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config error: {path}: top level must be a mapping")
+    raw = _expand(raw)
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        cur = raw
+        parts = k.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = v
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
