@@ -1,0 +1,139 @@
+"""Thin Prefect tasks over ``finr1_core.pipeline``: one task per stage, or one per shard.
+
+Each task takes the validated config as a plain dict (JSON-able, so Prefect can hash it for its
+cache and show it in the UI), rebuilds the config, calls the library and publishes artifacts.
+Completed work is skipped twice over: Prefect's persisted results (cache policy
+``INPUTS + TASK_SOURCE``, which survives new flow runs, unlike the default) and the shard store's
+manifests (which survive anything, including a new Prefect database).
+"""
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from finr1_core import pipeline
+from finr1_core.config import PipelineConfig
+
+# The managed server's URL changes every run: it must not be part of any cache key.
+CACHE = (INPUTS - "base_url") + TASK_SOURCE
+SHARD_OPTS = dict(retries=2, retry_delay_seconds=[2, 10], persist_result=True, cache_policy=CACHE)
+STAGE_OPTS = dict(retries=1, retry_delay_seconds=5, persist_result=True, cache_policy=CACHE)
+
+
+def _cfg(cfg: dict) -> PipelineConfig:
+    return PipelineConfig.model_validate(cfg)
+
+
+def _key(s: str) -> str:
+    """Artifact keys: lowercase letters, digits and dashes."""
+    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")[:60]
+
+
+@task(name="ingest", **STAGE_OPTS)
+def ingest(cfg: dict) -> dict:
+    c = _cfg(cfg)
+    out = pipeline.stage_ingest(c)
+    store = pipeline.store_for(c)
+    from finr1_core.report import distribution_table
+
+    recs = store.read_stage("records")
+    names = recs.column("repo_name").to_pylist() if recs.num_rows else []
+    create_markdown_artifact(
+        key="ingest-distribution",
+        markdown="## Ingested records per source\n\n" + distribution_table(names) + f"\n\nQuarantined: {pipeline._rows(store, 'quarantine')}",
+        description="Records per source after ingest",
+    )
+    get_run_logger().info("ingest: %s records, skipped=%s", out["rows"], out["skipped"])
+    return out
+
+
+@task(name="prompts", **STAGE_OPTS)
+def prompts(cfg: dict) -> dict:
+    out = pipeline.stage_prompts(_cfg(cfg))
+    get_run_logger().info("prompts: %s rows in %s shards", out["rows"], len(out["shards"]))
+    return out
+
+
+@task(name="distill-shard", tags=["teacher"], **SHARD_OPTS)
+def distill_shard(cfg: dict, shard: str, base_url: str | None) -> dict:
+    log = get_run_logger()
+    state = {"id": None, "t": 0.0}
+
+    def progress(done: int, total: int, tok_s: float = 0.0, eta_s: float | None = None) -> None:
+        now = time.monotonic()
+        pct = 100.0 * done / max(1, total)
+        if state["id"] is None:
+            state["id"] = create_progress_artifact(progress=pct, key=_key(f"distill-{shard}"), description=f"distill {shard}")
+        elif now - state["t"] > 1.0 or done == total:
+            update_progress_artifact(artifact_id=state["id"], progress=pct)
+        if now - state["t"] > 5.0 or done == total:
+            eta = f"{eta_s:.0f}s" if eta_s is not None else "?"
+            log.info("distill %s: %d/%d rows, %.1f tok/s, ETA %s", shard, done, total, tok_s, eta)
+            state["t"] = now
+
+    out = pipeline.stage_distill_shard(_cfg(cfg), shard, base_url, progress_cb=progress)
+    log.info("distill %s: %s", shard, {k: v for k, v in out.items() if k not in ("errors",)})
+    return out
+
+
+@task(name="score-shard", tags=["judge"], **SHARD_OPTS)
+def score_shard(cfg: dict, shard: str, base_url: str | None) -> dict:
+    out = pipeline.stage_score_shard(_cfg(cfg), shard, base_url)
+    get_run_logger().info("score %s: %s", shard, out)
+    return out
+
+
+@task(name="finish-stage", persist_result=False)
+def finish_stage(cfg: dict, stage: str, shards: list[str], h: str) -> dict:
+    return pipeline.finish_stage(_cfg(cfg), stage, shards, h)
+
+
+@task(name="split-release", **STAGE_OPTS)
+def split_release(cfg: dict) -> dict:
+    out = pipeline.stage_split(_cfg(cfg))
+    store = pipeline.store_for(_cfg(cfg))
+    rows = [{"check": k, "value": v} for k, v in out.items() if isinstance(v, (int, float, str)) and k != "skipped"]
+    create_table_artifact(key="filter-summary", table=rows, description="Filtering: rows in/out, pass rates")
+    create_link_artifact(key="release", link=store.uri("release"), description="Financial-R1-Distill-Data (parquet + card)")
+    return out
+
+
+@task(name="train-sft", **STAGE_OPTS)
+def train_sft(cfg: dict) -> dict:
+    out = pipeline.stage_sft(_cfg(cfg))
+    get_run_logger().info("sft: %s", out)
+    return out
+
+
+@task(name="train-grpo", **STAGE_OPTS)
+def train_grpo(cfg: dict) -> dict:
+    out = pipeline.stage_grpo(_cfg(cfg))
+    get_run_logger().info("grpo: %s", out)
+    return out
+
+
+@task(name="evaluate", tags=["judge"], **STAGE_OPTS)
+def evaluate(cfg: dict, model: str, base_url: str | None) -> dict:
+    out = pipeline.stage_eval(_cfg(cfg), model, base_url)
+    get_run_logger().info("eval %s: %s", model, out)
+    return out
+
+
+@task(name="report", persist_result=False)
+def report(cfg: dict, timings: dict) -> dict:
+    c = _cfg(cfg)
+    out = pipeline.stage_report(c, timings)
+    create_markdown_artifact(key="finr1-report", markdown=out["markdown"], description=f"finr1 run {c.run_id}")
+    acc_rows = [{"model": m, **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}} for m, row in out["accuracy"].items()]
+    create_table_artifact(key="results", table=acc_rows, description="Accuracy per model and source")
+    create_link_artifact(key="report-link", link=out["report"], description="report.md")
+    return {k: v for k, v in out.items() if k != "markdown"}
