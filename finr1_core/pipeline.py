@@ -372,7 +372,7 @@ def stage_report(cfg: PipelineConfig, timings: dict[str, float] | None = None) -
     }
     n = len(scored) or 1
     pass_rates = {
-        "round 1: answer correct (rule or judge)": sum(1 for r in scored if r.get("answer_ok")) / n if scored else None,
+        "round 1: answer correct (rule or judge)": sum(1 for r in scored if r.get("answer_correct")) / n if scored else None,
         "round 2: reasoning judge = 1": sum(1 for r in scored if r.get("reasoning_judge") == 1) / n if scored else None,
         "both rounds (SFT route)": sum(1 for r in scored if r.get("route") == "sft") / n if scored else None,
     }
