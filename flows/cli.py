@@ -12,7 +12,7 @@ console = Console()
 
 def fail(msg: str) -> None:
     """One clear line on stderr, exit 2."""
-    Console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False, markup=True)
+    print(f"error: {msg}", file=sys.stderr)  # plain print: rich would wrap the line
     raise typer.Exit(2)
 
 

@@ -1,0 +1,52 @@
+"""The managed `transformers serve` subprocess: healthy, serves the embedded model over the
+OpenAI API with the forced prefix, and is stopped by PID, also when the block raises."""
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+from finr1_core.config import embedded_model_dir
+from finr1_core.llm import Endpoint, LLMClient, Sampling
+from finr1_core.modelprep import is_ready, prepare_embedded_model
+from finr1_core.serving import ManagedServer
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_prepare_model_is_idempotent():
+    d = embedded_model_dir()
+    assert is_ready(d)
+    before = (d / "model.safetensors").stat().st_mtime_ns
+    msgs = []
+    prepare_embedded_model(log=msgs.append)
+    assert "skipped" in msgs[0]
+    assert (d / "model.safetensors").stat().st_mtime_ns == before
+    import json
+
+    gen = json.loads((d / "generation_config.json").read_text())
+    assert gen["do_sample"] is True
+    assert "You are a helpful AI assistant named SmolLM" not in (d / "chat_template.jinja").read_text()
+
+
+def test_managed_server_serves_and_stops_by_pid():
+    model = str(embedded_model_dir())
+    with pytest.raises(RuntimeError, match="boom"):
+        with ManagedServer() as srv:
+            pid = srv.pid
+            assert httpx.get(srv.base_url.replace("/v1", "/health"), timeout=5).status_code == 200
+            client = LLMClient([Endpoint("local", srv.base_url)], model, mode="completions", tokenizer_path=model)
+            [c] = client.complete_many([([{"role": "user", "content": "What is 2+3?"}], Sampling(max_tokens=12, temperature=0.6), "<think>\n")])
+            assert not isinstance(c, Exception), c
+            assert c.prompt_sent.endswith("<|im_start|>assistant\n<think>\n")
+            assert "<|im_start|>system" not in c.prompt_sent
+            assert c.completion_tokens > 0 and c.text
+            raise RuntimeError("boom")
+    assert not _alive(pid) or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
