@@ -170,8 +170,11 @@ def run_sft(model_path: str, rows: Sequence[dict], output_dir: str, cfg: SFTSett
     return TrainResult(output_dir, out.global_step, out.training_loss, len(examples), time.time() - t0, trainer.state.log_history)
 
 
-def run_grpo(model_path: str, rows: Sequence[dict], output_dir: str, cfg: GRPOSettings, seed: int = 0, think_prefix: str = "<think>\n") -> TrainResult:
-    """GRPO with format + accuracy rewards and no reference model (beta=0 by default)."""
+def run_grpo(model_path: str, rows: Sequence[dict], output_dir: str, cfg: GRPOSettings, seed: int = 0, think_prefix: str = "<think>\n", reward_funcs=None) -> TrainResult:
+    """GRPO with format + accuracy rewards (Fin-R1) and no reference model (beta=0 by default).
+
+    ``reward_funcs`` replaces the two rewards (TRL's reward-function signature).
+    """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -193,7 +196,7 @@ def run_grpo(model_path: str, rows: Sequence[dict], output_dir: str, cfg: GRPOSe
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[format_reward, accuracy_reward],
+        reward_funcs=list(reward_funcs or [format_reward, accuracy_reward]),
         args=args,
         train_dataset=Dataset.from_list(examples),
         processing_class=tok,
