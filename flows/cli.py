@@ -83,5 +83,93 @@ def retry_failed(
     """Re-run a run: committed shards are skipped, only failed or missing ones are redone."""
     _run_flow(config, storage, None, run_id, None)
 
+# ---------------------------------------------------------------- ingest (issue 3): sources, ingest
+@app.command("sources")
+def sources_cmd() -> None:
+    """List every source: hub id, formats, answer types, language, role, licence."""
+    from rich.table import Table
+
+    from finr1_core.sources import SOURCES
+
+    t = Table(title="finr1 sources")
+    for col in ("name", "hub id", "formats", "answer types", "lang", "role", "licence"):
+        t.add_column(col, overflow="fold")
+    for s in SOURCES.values():
+        t.add_row(s.name, s.hub_id or "-", ", ".join(s.formats), ", ".join(s.answer_types), s.language, s.role, s.licence)
+    (console if console.is_terminal else Console(width=300)).print(t)  # piped: do not squeeze to 80 columns
+
+
+@app.command("ingest")
+def ingest_cmd(
+    source: str = typer.Option(..., "--source", help="Source name (see `finr1 sources`)"),
+    path: str = typer.Option(None, "--path", help="Local file or directory (json, jsonl, csv, parquet, arrow)"),
+    out: str = typer.Option(..., "--out", help="Output directory or s3:// URI"),
+    hub_id: str = typer.Option(None, "--hub-id", help="Hugging Face dataset id (when no --path)"),
+    split: str = typer.Option(None, "--split", help="Split name (hub: which split to load)"),
+    limit: int = typer.Option(None, "--limit", min=1, help="Read at most this many rows"),
+) -> None:
+    """Load one source and write <out>/records/<source>.parquet and <out>/quarantine/<source>.parquet."""
+    from finr1_core.ingest import IngestError, ingest, summarize
+
+    try:
+        counts = ingest(source, path, out, hub_id=hub_id, split=split, limit=limit)
+    except IngestError as e:
+        fail(str(e))
+    except (OSError, RuntimeError) as e:
+        fail(f"ingest {source}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+    console.print(summarize(counts), highlight=False, markup=False)
+    if counts["answer_types"]:
+        console.print("answer types: " + ", ".join(f"{k} {v}" for k, v in sorted(counts["answer_types"].items())), highlight=False, markup=False)
+    for f in counts["skipped_files"]:
+        console.print(f"skipped (not a data file): {f}", highlight=False, markup=False)
+    console.print(f"records: {counts['records_uri']}\nquarantine: {counts['quarantine_uri']}", highlight=False, markup=False)
+# ---------------------------------------------------------------- end ingest
+
+# ---------------------------------------------------------------- verify (issue 5): rescoring JSONL
+@app.command("verify")
+def verify_cmd(
+    file: str = typer.Argument(..., help="JSONL, one object per line: gold, prediction, optional answer_type, optional question ('-' = stdin)"),
+    out: str = typer.Option(None, "--out", help="Output JSONL (default: stdout). Each row: the input plus verdict, extracted, verify_reason"),
+    rel_tol: float = typer.Option(0.01, "--rel-tol", help="Relative tolerance for numbers"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Pass bad lines through (verdict unknown, an error field) instead of failing"),
+) -> None:
+    """Rescore predictions with the rule verifier (verdict: correct / incorrect / unknown).
+
+    A bad line (not JSON, not an object, no gold/prediction, unknown answer_type) stops the command
+    with one line naming FILE:LINE and nothing is written, unless --skip-bad is given.
+    """
+    import json as _json
+    import os as _os
+
+    from finr1_core.verify import BadLine, verify_lines
+
+    try:
+        fh = sys.stdin if file == "-" else open(file, encoding="utf-8")
+    except OSError as e:
+        fail(f"{file}: cannot read ({e.strerror})")
+    try:
+        with fh:
+            rows = list(verify_lines(fh, rel_tol=rel_tol, skip_bad=skip_bad))
+    except BadLine as e:
+        fail(f"{file}:{e.line_no}: {str(e).split(': ', 1)[1]}")
+    except UnicodeDecodeError:
+        fail(f"{file}: not UTF-8 text")
+    text = "".join(_json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if out:
+        tmp = f"{out}.tmp-{_os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        _os.replace(tmp, out)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    counts = {k: sum(1 for r in rows if r["verdict"] == k) for k in ("correct", "incorrect", "unknown")}
+    bad = sum(1 for r in rows if "error" in r and "line" in r)
+    Console(stderr=True).print(f"verified {len(rows)} rows: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                               + (f" ({bad} bad lines passed through)" if bad else ""), highlight=False)
+
+
+# ---------------------------------------------------------------- end verify
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -14,3 +14,30 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="finr1-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 # --- fixtures (add yours below, in small blocks) ---------------------------------------------
+
+# distill (issue 4): one local Ray per test session, started through finr1_core.distill.ray_init
+# (once per process, behind a lock). Yields the GCS address so subprocess drivers can join it.
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from finr1_core.distill import ray_init
+
+    ray_init(num_cpus=2)
+    yield ray.get_runtime_context().gcs_address
+
+
+# ingest (issue 3): moto's real S3 server in-process on a free port (DESIGN.md section 3).
+@pytest.fixture(scope="session")
+def moto_s3():
+    """{"endpoint_url", "key", "secret"} of a running moto S3 server (no region_name: see DESIGN.md)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+    server.stop()
