@@ -1,0 +1,464 @@
+"""Release of Financial-R1-Distill-Data: Parquet ``sft``/``rl`` splits, dataset card, plots.
+
+``release_dataset(scored_rows, out_uri, removals=...)`` writes, under any fsspec URI::
+
+    <out>/data/sft-00000-of-00001.parquet
+    <out>/data/rl-00000-of-00001.parquet
+    <out>/README.md                 dataset card with the Hub's YAML header (configs, splits, licence)
+    <out>/distribution.md           source -> rows table, like the Fin-R1 README's
+    <out>/removals.jsonl            every row removed by dedup/decontamination, with its reason
+    <out>/stats.json                counts and pass rates (machine-readable)
+    <out>/plots/pass_rate_by_source.png, pass_rate_by_round.png, token_length_by_route.png
+
+``scored_rows`` are **all** scored rows (output of ``route.score_traces``), so the card's pass
+rates cover the whole filter; rows whose ``key`` is in ``removals`` are left out of the splits.
+
+Columns: ``repo_name``, ``conversation`` (list of ``{role, content}``; the assistant content is
+``<think>\\n…\\n</think>\\n\\n<answer>``), ``module`` (the four-module label), the scores
+(``verdict``, ``answer_judge``, ``reasoning_judge``, judge versions, ``route``, ``route_reason``) and
+lineage (``record_id``, ``key``, ``teacher_model``, ``prompt_template_version``, ``lineage`` JSON).
+Load it with ``datasets.load_dataset("parquet", data_files={"sft": ..., "rl": ...})``; for TRL's
+SFTTrainer rename ``conversation`` to ``messages``.
+"""
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .route import FLAG_REASONS, answer_status
+from .storage import join, storage_options_from_env
+
+DATASET_NAME = "Financial-R1-Distill-Data"
+
+# Licences as recorded in data/samples/SOURCES.md. "unknown" means no licence could be verified.
+SOURCE_LICENSES = {
+    "finqa": "MIT", "convfinqa": "MIT", "convfinqa_conv": "MIT", "tfns": "MIT (HF dataset card)",
+    "fincuge": "none stated", "financeiq": "CC BY-NC-SA 4.0", "fineval": "Apache-2.0", "ant_finance": "CC BY 4.0",
+    "ant_finance_finr1eval": "CC BY 4.0", "fincorpus": "unknown", "finpee": "unknown",
+    "quant_trading_instruct": "unknown", "cfbenchmark": "Apache-2.0 (code); non-commercial research preview (data)",
+    "finance_instruct_500k": "see the Hub card (Josephgflowers/Finance-Instruct-500k)",
+}
+SOURCE_ORIGINS = {
+    "finqa": "FinQA (czyssrs/FinQA)", "convfinqa": "ConvFinQA (czyssrs/ConvFinQA)",
+    "convfinqa_conv": "ConvFinQA (PoT copy)", "tfns": "zeroshot/twitter-financial-news-sentiment",
+    "fincuge": "BBT-FinCUGE (ssymmetry)", "financeiq": "FinanceIQ (Duxiaoman-DI/XuanYuan)",
+    "fineval": "FinEval (SUFE-AIFLM-Lab)", "ant_finance": "Fin-Eva (alipay/financial_evaluation_dataset)",
+    "fincorpus": "FinCorpus (Duxiaoman-DI)", "finpee": "FinPEE", "quant_trading_instruct": "Quant-Trading-Instruct",
+    "cfbenchmark": "CFBenchmark (TongjiFinLab)", "finance_instruct_500k": "Josephgflowers/Finance-Instruct-500k",
+}
+MODULES = ["金融代码", "金融专业知识", "金融非推理类业务知识", "金融推理类业务知识"]
+
+_MSG = pa.struct([("role", pa.string()), ("content", pa.string())])
+RELEASE_SCHEMA = pa.schema([
+    ("repo_name", pa.string()),
+    ("conversation", pa.list_(_MSG)),
+    ("module", pa.string()),
+    ("record_id", pa.string()),
+    ("key", pa.string()),
+    ("language", pa.string()),
+    ("gold", pa.string()),
+    ("answer_type", pa.string()),
+    ("extracted", pa.string()),
+    ("verdict", pa.string()),
+    ("verify_reason", pa.string()),
+    ("answer_judge", pa.int8()),
+    ("answer_judge_version", pa.string()),
+    ("reasoning_judge", pa.int8()),
+    ("reasoning_judge_version", pa.string()),
+    ("route", pa.string()),
+    ("route_reason", pa.string()),
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("teacher_model", pa.string()),
+    ("prompt_template_version", pa.string()),
+    ("lineage", pa.string()),
+])
+_LINEAGE_KEYS = ("source", "record_id", "key", "teacher_model", "model", "endpoint", "sampling", "temperature", "top_p",
+                 "max_tokens", "sample_index", "prompt_hash", "prompt_template_version", "template_version", "started_at",
+                 "ended_at", "prompt_tokens", "completion_tokens", "finish_reason", "attempts", "run_id", "shard")
+
+
+def assistant_content(reasoning: str | None, answer: str | None) -> str:
+    return f"<think>\n{(reasoning or '').strip()}\n</think>\n\n{(answer or '').strip()}"
+
+
+def _split_trace(row: dict) -> tuple[str, str]:
+    if row.get("reasoning") is not None or row.get("answer") is not None:
+        return row.get("reasoning") or "", row.get("answer") or ""
+    from .extract import split_think
+
+    return split_think(row.get("text") or "")
+
+
+def _s(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, (dict, list)) else str(v)
+
+
+def _i(v: Any) -> int | None:
+    try:
+        return None if v is None or v != v else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def release_row(row: dict) -> dict:
+    reasoning, answer = _split_trace(row)
+    lineage = {k: row[k] for k in _LINEAGE_KEYS if k in row and row[k] is not None}
+    return {
+        "repo_name": _s(row.get("repo_name")),
+        "conversation": [{"role": "user", "content": str(row.get("question") or "")},
+                         {"role": "assistant", "content": assistant_content(reasoning, answer)}],
+        "module": _s(row.get("module")),
+        "record_id": _s(row.get("record_id")),
+        "key": _s(row.get("key")),
+        "language": _s(row.get("language")),
+        "gold": _s(row.get("gold")),
+        "answer_type": _s(row.get("answer_type")),
+        "extracted": _s(row.get("extracted")),
+        "verdict": _s(row.get("verdict")),
+        "verify_reason": _s(row.get("verify_reason")),
+        "answer_judge": _i(row.get("answer_judge")),
+        "answer_judge_version": _s(row.get("answer_judge_version")),
+        "reasoning_judge": _i(row.get("reasoning_judge")),
+        "reasoning_judge_version": _s(row.get("reasoning_judge_version")),
+        "route": _s(row.get("route")),
+        "route_reason": _s(row.get("route_reason")),
+        "finish_reason": _s(row.get("finish_reason")),
+        "prompt_tokens": _i(row.get("prompt_tokens")),
+        "completion_tokens": _i(row.get("completion_tokens")),
+        "teacher_model": _s(row.get("teacher_model") or row.get("model")),
+        "prompt_template_version": _s(row.get("prompt_template_version") or row.get("template_version")),
+        "lineage": json.dumps(lineage, ensure_ascii=False, default=str, sort_keys=True),
+    }
+
+
+# ----------------------------------------------------------------------------------- statistics
+def _rate(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def compute_stats(scored_rows: Sequence[dict], removals: Sequence[dict]) -> dict:
+    """Counts per source and per filtering step (the card's tables and the plots come from this)."""
+    removed_keys = {str(r.get("key")) for r in removals}
+    per_src: dict[str, Counter] = defaultdict(Counter)
+    reasons = Counter()
+    total = Counter()
+    for r in scored_rows:
+        src = r.get("repo_name") or "unknown"
+        c = per_src[src]
+        for cc in (c, total):
+            cc["traces"] += 1
+        flag = r.get("route_reason") if r.get("route_reason") in FLAG_REASONS else None
+        if flag:
+            for cc in (c, total):
+                cc["flagged"] += 1
+        else:
+            ok, how = answer_status(r)
+            for cc in (c, total):
+                cc["round1_in"] += 1
+                if ok:
+                    cc["round1_pass"] += 1
+                    cc[f"round1_pass_{how}"] += 1
+                    cc["round2_in"] += 1
+                    if r.get("reasoning_judge") == 1:
+                        cc["round2_pass"] += 1
+                if r.get("verdict") == "unknown":
+                    cc["rule_unknown"] += 1
+        reasons[r.get("route_reason") or "none"] += 1
+        gone = str(r.get("key")) in removed_keys
+        for cc in (c, total):
+            cc["removed" if gone else f"released_{r.get('route')}"] += 1
+    def finish(c: Counter) -> dict:
+        d = dict(c)
+        d["round1_pass_rate"] = _rate(c["round1_pass"], c["round1_in"])
+        d["round2_pass_rate"] = _rate(c["round2_pass"], c["round2_in"])
+        d["sft_rate"] = _rate(c["released_sft"], c["traces"])
+        return d
+    steps = Counter(r.get("step") for r in removals)
+    return {
+        "total": finish(total),
+        "per_source": {k: finish(v) for k, v in sorted(per_src.items())},
+        "route_reasons": dict(reasons.most_common()),
+        "removals": dict(steps),
+        "modules": dict(Counter(r.get("module") or "unknown" for r in scored_rows if str(r.get("key")) not in removed_keys)),
+    }
+
+
+# ----------------------------------------------------------------------------------- plots
+def _plots(stats: dict, rows: Sequence[dict]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+
+    def save(fig, name):
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        out[name] = buf.getvalue()
+
+    srcs = list(stats["per_source"])
+    r1 = [stats["per_source"][s]["round1_pass_rate"] or 0 for s in srcs]
+    r2 = [stats["per_source"][s]["round2_pass_rate"] or 0 for s in srcs]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(srcs) + 2), 4))
+    xs = range(len(srcs))
+    ax.bar([x - 0.2 for x in xs], r1, width=0.4, label="round 1: answer correct")
+    ax.bar([x + 0.2 for x in xs], r2, width=0.4, label="round 2: reasoning 1")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(srcs, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("pass rate")
+    ax.set_title("Pass rate per source")
+    ax.legend()
+    save(fig, "pass_rate_by_source.png")
+
+    t = stats["total"]
+    labels = ["not flagged", "round 1 (answer)", "round 2 (reasoning)", "released sft"]
+    vals = [_rate(t.get("round1_in", 0), t.get("traces", 0)) or 0, t["round1_pass_rate"] or 0, t["round2_pass_rate"] or 0,
+            t["sft_rate"] or 0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(labels, vals, color=["#888", "#4c72b0", "#55a868", "#c44e52"])
+    for i, v in enumerate(vals):
+        ax.text(i, v + 0.02, f"{v:.0%}", ha="center")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("rate (of the step's input)")
+    ax.set_title("Pass rate per round")
+    save(fig, "pass_rate_by_round.png")
+
+    by_route: dict[str, list[int]] = defaultdict(list)
+    approx = False
+    for r in rows:
+        n = _i(r.get("completion_tokens"))
+        if not n:
+            n = max(1, len(r.get("text") or "") // 3)
+            approx = True
+        by_route[r.get("route") or "none"].append(n)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for route_name in sorted(by_route):
+        ax.hist(by_route[route_name], bins=30, alpha=0.6, label=f"{route_name} (n={len(by_route[route_name])})")
+    ax.set_xlabel("trace length (completion tokens" + (", approx. where missing)" if approx else ")"))
+    ax.set_ylabel("traces")
+    ax.set_title("Trace token lengths by route")
+    if by_route:
+        ax.legend()
+    save(fig, "token_length_by_route.png")
+    return out
+
+
+# ----------------------------------------------------------------------------------- card
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1%}"
+
+
+def distribution_table(split_rows: dict[str, list[dict]]) -> str:
+    srcs = sorted({r["repo_name"] or "unknown" for rows in split_rows.values() for r in rows})
+    cnt = {sp: Counter(r["repo_name"] or "unknown" for r in rows) for sp, rows in split_rows.items()}
+    lines = ["| Dataset | Data Volume | sft | rl |", "|---|---:|---:|---:|"]
+    for s in srcs:
+        lines.append(f"| {s} | {cnt['sft'][s] + cnt['rl'][s]} | {cnt['sft'][s]} | {cnt['rl'][s]} |")
+    tot_s, tot_r = len(split_rows["sft"]), len(split_rows["rl"])
+    lines.append(f"| **Total** | **{tot_s + tot_r}** | **{tot_s}** | **{tot_r}** |")
+    return "\n".join(lines)
+
+
+def _yaml_header(name: str, counts: dict[str, int], languages: list[str]) -> str:
+    langs = "\n".join(f"- {l}" for l in languages) or "- zh\n- en"
+    return f"""---
+pretty_name: {name}
+license: other
+license_name: mixed-source-licences
+license_link: LICENSE-NOTES.md
+language:
+{langs}
+task_categories:
+- text-generation
+- question-answering
+tags:
+- finance
+- reasoning
+- distillation
+- fin-r1
+size_categories:
+- n<1K
+configs:
+- config_name: default
+  data_files:
+  - split: sft
+    path: data/sft-*.parquet
+  - split: rl
+    path: data/rl-*.parquet
+dataset_info:
+  splits:
+  - name: sft
+    num_examples: {counts['sft']}
+  - name: rl
+    num_examples: {counts['rl']}
+---
+"""
+
+
+def build_card(name: str, stats: dict, split_rows: dict[str, list[dict]], removals: Sequence[dict], *,
+               judge_versions: dict[str, list[str]], prompt_versions: list[str], teacher_models: list[str],
+               extra: str | None = None) -> str:
+    counts = {sp: len(v) for sp, v in split_rows.items()}
+    n = sum(counts.values())
+    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10000 else "10K<n<100K" if n < 100000 else "100K<n<1M"
+    languages = sorted({r["language"] for rows in split_rows.values() for r in rows if r.get("language")}) or ["zh", "en"]
+    head = _yaml_header(name, counts, languages).replace("- n<1K", f"- {size}")
+    t = stats["total"]
+    src_rows = ["| source | origin | licence | traces | round 1 pass | round 2 pass | sft | rl | removed |",
+                "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for s, c in stats["per_source"].items():
+        src_rows.append(f"| {s} | {SOURCE_ORIGINS.get(s, '–')} | {SOURCE_LICENSES.get(s, 'unknown')} | {c.get('traces', 0)} | "
+                        f"{_pct(c['round1_pass_rate'])} | {_pct(c['round2_pass_rate'])} | {c.get('released_sft', 0)} | "
+                        f"{c.get('released_rl', 0)} | {c.get('removed', 0)} |")
+    steps = [
+        "| step | input | passed | pass rate |", "|---|---:|---:|---:|",
+        f"| 0. trace not empty / truncated / unclosed think | {t.get('traces', 0)} | {t.get('round1_in', 0)} | "
+        f"{_pct(_rate(t.get('round1_in', 0), t.get('traces', 0)))} |",
+        f"| 1. answer correct (rule verifier; answer judge when the rules say unknown) | {t.get('round1_in', 0)} | "
+        f"{t.get('round1_pass', 0)} (rule {t.get('round1_pass_rule', 0)}, judge {t.get('round1_pass_judge', 0)}) | "
+        f"{_pct(t['round1_pass_rate'])} |",
+        f"| 2. reasoning judge (7 criteria) | {t.get('round2_in', 0)} | {t.get('round2_pass', 0)} | {_pct(t['round2_pass_rate'])} |",
+        f"| 3. dedup (exact, MinHash near-dup) and decontamination | {t.get('traces', 0)} | "
+        f"{t.get('traces', 0) - t.get('removed', 0)} | {_pct(_rate(t.get('traces', 0) - t.get('removed', 0), t.get('traces', 0)))} |",
+    ]
+    reasons = ["| route_reason | rows |", "|---|---:|"] + [f"| `{k}` | {v} |" for k, v in stats["route_reasons"].items()]
+    rem = ["| step | rows removed |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in sorted(stats["removals"].items())]
+    if not stats["removals"]:
+        rem.append("| (none) | 0 |")
+    examples = [f"- `{r.get('key')}` ({r.get('repo_name')}): **{r.get('step')}**: {r.get('reason')}" for r in list(removals)[:20]]
+    mods = ["| module | rows |", "|---|---:|"] + [f"| {m} | {stats['modules'].get(m, 0)} |" for m in MODULES]
+    mods += [f"| {m} | {c} |" for m, c in stats["modules"].items() if m not in MODULES]
+    jv = ", ".join(f"{k}: {', '.join(v) or '–'}" for k, v in judge_versions.items())
+    return f"""{head}
+# {name}
+
+Reasoning traces distilled from a teacher model for financial questions, filtered the way Fin-R1 did
+(answer check, then reasoning check) and split into **`sft`** (both checks passed) and **`rl`**
+(everything else, with a `route_reason`). Generated on {datetime.now(timezone.utc).date().isoformat()}.
+
+```python
+from datasets import load_dataset
+ds = load_dataset("parquet", data_files={{"sft": "data/sft-*.parquet", "rl": "data/rl-*.parquet"}})
+sft = ds["sft"].rename_column("conversation", "messages")  # TRL SFTTrainer format
+```
+
+## Distribution
+
+{distribution_table(split_rows)}
+
+{chr(10).join(mods)}
+
+## Sources and licences
+
+The release mixes sources with different licences (some non-commercial, some unverified); each row's
+`repo_name` names its source. Check the licence of every source you use.
+
+{chr(10).join(src_rows)}
+
+## Filtering steps
+
+{chr(10).join(steps)}
+
+Round 1 uses the rule verifier (option letters, true/false, labels, numbers with units, percent and
+a relative tolerance) and sends only the rows it cannot decide to the answer judge. A judge that fails after
+retries gives *unknown*, never 0; such rows go to `rl`.
+
+{chr(10).join(reasons)}
+
+## Templates and models
+
+- Teacher model(s): {', '.join(teacher_models) or '–'}
+- Prompt template version(s): {', '.join(prompt_versions) or '–'}
+- Judge template versions: {jv}
+
+## Removal report
+
+{chr(10).join(rem)}
+
+{chr(10).join(examples) if examples else ''}
+The full list is in `removals.jsonl`.
+
+## Columns
+
+`repo_name`, `conversation` (user question; assistant `<think>\\n…\\n</think>\\n\\n<answer>`), `module`,
+`record_id`, `key`, `language`, `gold`, `answer_type`, `extracted`, `verdict`, `verify_reason`, `answer_judge`,
+`answer_judge_version`, `reasoning_judge`, `reasoning_judge_version`, `route`, `route_reason`, `finish_reason`,
+`prompt_tokens`, `completion_tokens`, `teacher_model`, `prompt_template_version`, `lineage` (JSON).
+
+## Plots
+
+![pass rate per source](plots/pass_rate_by_source.png)
+![pass rate per round](plots/pass_rate_by_round.png)
+![trace token lengths by route](plots/token_length_by_route.png)
+{extra or ''}"""
+
+
+# ----------------------------------------------------------------------------------- entry point
+def _write(fs, path: str, data: bytes | str) -> None:
+    parent = path.rsplit("/", 1)[0]
+    try:
+        fs.makedirs(parent, exist_ok=True)
+    except Exception:
+        pass
+    with fs.open(path, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def release_dataset(scored_rows: Sequence[dict], out_uri: str, *, removals: Iterable[dict] = (),
+                    name: str = DATASET_NAME, storage_options: dict | None = None, card_extra: str | None = None) -> dict:
+    """Write the release under ``out_uri`` (local path or ``s3://``). Returns a summary dict with the
+    split counts, file URIs and the stats behind the card."""
+    removals = list(removals)
+    removed_keys = {str(r.get("key")) for r in removals}
+    splits: dict[str, list[dict]] = {"sft": [], "rl": []}
+    for r in scored_rows:
+        if str(r.get("key")) in removed_keys:
+            continue
+        rr = release_row(r)
+        splits["sft" if rr["route"] == "sft" else "rl"].append(rr)
+    stats = compute_stats(scored_rows, removals)
+    opts = storage_options if storage_options is not None else storage_options_from_env(out_uri)
+    fs, root = fsspec.core.url_to_fs(out_uri, **opts)
+    files = {}
+    for sp, rows in splits.items():
+        table = pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        p = join(root, "data", f"{sp}-00000-of-00001.parquet")
+        _write(fs, p, buf.getvalue())
+        files[sp] = join(out_uri, "data", f"{sp}-00000-of-00001.parquet")
+    for pname, png in _plots(stats, scored_rows).items():
+        _write(fs, join(root, "plots", pname), png)
+        files[pname] = join(out_uri, "plots", pname)
+
+    def versions(col: str) -> list[str]:
+        return sorted({str(r.get(col)) for r in scored_rows if r.get(col)})
+
+    card = build_card(name, stats, splits, removals,
+                      judge_versions={"answer": versions("answer_judge_version"), "reasoning": versions("reasoning_judge_version")},
+                      prompt_versions=sorted(set(versions("prompt_template_version")) | set(versions("template_version"))),
+                      teacher_models=sorted(set(versions("teacher_model")) | set(versions("model"))), extra=card_extra)
+    _write(fs, join(root, "README.md"), card)
+    _write(fs, join(root, "distribution.md"), distribution_table(splits) + "\n")
+    _write(fs, join(root, "LICENSE-NOTES.md"), "# Licences of the sources\n\n" + "\n".join(
+        f"- **{s}**: {SOURCE_LICENSES.get(s, 'unknown')}" for s in stats["per_source"]) + "\n")
+    _write(fs, join(root, "removals.jsonl"), "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in removals))
+    _write(fs, join(root, "stats.json"), json.dumps(stats, ensure_ascii=False, indent=2, default=str))
+    files.update(card=join(out_uri, "README.md"), distribution=join(out_uri, "distribution.md"),
+                 removals=join(out_uri, "removals.jsonl"), stats=join(out_uri, "stats.json"))
+    return {"name": name, "uri": out_uri, "counts": {k: len(v) for k, v in splits.items()}, "files": files, "stats": stats}

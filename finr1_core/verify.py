@@ -1,0 +1,625 @@
+"""The rule verifier: a three-valued verdict on (gold, prediction).
+
+``verify(gold, prediction, answer_type=None, question=None, rel_tol=0.01) -> Verdict``
+
+- ``correct`` / ``incorrect``: the rules decided.
+- ``unknown``: the rules cannot decide; the row goes to the answer judge.
+
+Principles (issue 5, DESIGN.md section 5):
+
+- An unparseable or empty gold answer is ``unknown``, **never** ``correct`` (open-r1's early
+  accuracy reward scored those as correct).
+- An empty prediction is ``incorrect``.
+- Free text (and code) is ``correct`` only on an exact normalized match, otherwise ``unknown``.
+- When ``answer_type`` is None it is inferred from the gold answer.
+
+Gold answers arrive normalized by ingest (option letters sorted and joined ``"DE"``,
+``"true"``/``"false"``, label names, decimal strings, free text) but raw forms are accepted too
+(``"B、煤炭"``, ``'["D"; "E"]'``, ``"B; D"``, ``"A、错"``, ``"14.1%"``, ``"$ 1,234"``...).
+
+The hot path is plain ``re`` + ``float``; math-verify is called only when cheap numeric parsing of
+a LaTeX-looking value fails.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import unicodedata
+from dataclasses import asdict, dataclass
+
+from .extract import answer_part, extract_answer
+
+ANSWER_TYPES = ("mcq_single", "mcq_multi", "true_false", "numeric", "label", "free_text", "code")
+CORRECT, INCORRECT, UNKNOWN = "correct", "incorrect", "unknown"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # correct | incorrect | unknown
+    extracted: str | None
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# text normalisation
+# --------------------------------------------------------------------------------------------
+_FW = {i: i - 0xFEE0 for i in range(0xFF01, 0xFF5F)}  # full-width ASCII -> ASCII
+_FW[0x3000] = 0x20
+_FW.update({ord("（"): ord("("), ord("）"): ord(")")})
+
+
+def _fw(s: str) -> str:
+    return s.translate(_FW)
+
+
+_LATEX_WRAP = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|operatorname|mbox|textit|emph)\s*\{([^{}]*)\}")
+_LATEX_MISC = re.compile(r"\\[,;:! ]|\\quad|\\qquad|\\left|\\right|\\displaystyle")
+
+
+def _strip_latex(s: str) -> str:
+    if "\\" in s:
+        for _ in range(3):
+            s2 = _LATEX_WRAP.sub(r"\1", s)
+            if s2 == s:
+                break
+            s = s2
+        s = _LATEX_MISC.sub("", s)
+        s = s.replace("\\%", "%").replace("\\$", "$")
+    if "$" in s and s.count("$") >= 2:
+        s = s.replace("$$", "").strip()
+        if s.startswith("$") and s.endswith("$"):
+            s = s[1:-1]
+    return s.strip()
+
+
+_NORM_DROP = re.compile(r"[\s\u3000,，。.、;；:：!！?？\"'“”‘’`*()（）\[\]【】<>《》{}]+")
+
+
+def normalize_text(s: str) -> str:
+    """Normalization used for exact free-text matches: NFKC, casefold, drop spaces and punctuation."""
+    s = unicodedata.normalize("NFKC", s)
+    s = _strip_latex(s)
+    return _NORM_DROP.sub("", s).casefold()
+
+
+# --------------------------------------------------------------------------------------------
+# option letters
+# --------------------------------------------------------------------------------------------
+_LET = "A-F"
+_LETTER_LIST = re.compile(rf"^[\(\[]?([{_LET}])[\)\]]?(?:\s*(?:[、,，;；/|&+]|和|与|及|以及|and|\s)\s*[\(\[]?([{_LET}])[\)\]]?)*$")
+_LETTER_RUN = re.compile(rf"^[{_LET}]{{1,6}}$")
+_LEAD_LETTER = re.compile(rf"^[\(\[]?([{_LET}])[\)\]]?\s*(?:[、.．:：)\]]|\s)\s*\S")
+_ANY_LETTER = re.compile(rf"[{_LET}]")
+_OPTION_LINE = re.compile(rf"(?m)^\s*[\(\[]?([{_LET}])[\)\]]?\s*[、.．:：)]\s*(.+?)\s*$")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_CHOICE_WORDS = re.compile(r"(?i)\b(?:options?|choices?|answers?|is|are|the|correct|final)\b")
+
+
+def parse_letters(s: str, *, loose: bool = False) -> str | None:
+    """Option letters as a sorted, de-duplicated string (``"BD"``), or None.
+
+    Accepts ``B``, ``(B)``, ``\\text{D}``, ``B、煤炭``, ``D. text``, ``A、B、D``, ``B; D``,
+    ``["D"; "E"]``, ``A B``, ``ABD``, ``A、所得税费用; B、毛利; D、利息``. With ``loose`` also
+    ``选B``, ``B选项``, ``option B`` (only when nothing else but letters remains).
+    """
+    s = _strip_latex(_fw(s)).strip()
+    if not s:
+        return None
+    # JSON-ish lists: ["D"; "E"], ['A', 'B']
+    if s[0] == "[" and s[-1] == "]":
+        inner = s[1:-1].replace('"', " ").replace("'", " ")
+        s = inner.strip()
+    s = s.strip(" .。*\"'")
+    if not s:
+        return None
+    m = _LETTER_LIST.match(s)
+    if m:
+        return "".join(sorted(set(_ANY_LETTER.findall(s))))
+    if _LETTER_RUN.match(s):
+        return "".join(sorted(set(s)))
+    # "A、text; B、text" / "D. text" / "B、煤炭"
+    parts = re.split(r"\s*[;；]\s*|\n+", s)
+    letters = []
+    for p in parts:
+        if not p:
+            continue
+        lm = _LEAD_LETTER.match(p)
+        if not lm:
+            letters = []
+            break
+        letters.append(lm.group(1))
+    if letters:
+        return "".join(sorted(set(letters)))
+    if loose:
+        rest = _NON_ASCII.sub(" ", s)
+        rest = _CHOICE_WORDS.sub(" ", rest)
+        rest = re.sub(r"[\s:：,.;、()\[\]\"'*]+", " ", rest).strip()
+        if rest and len(rest) <= 16:
+            m = _LETTER_LIST.match(rest)
+            if m:
+                return "".join(sorted(set(_ANY_LETTER.findall(rest))))
+            if _LETTER_RUN.match(rest):
+                return "".join(sorted(set(rest)))
+    return None
+
+
+def options_from_question(question: str | None) -> dict[str, str]:
+    """``{"A": "社会保障税", ...}`` from option lines in a question (``A、…``, ``B. …``, ``(C) …``)."""
+    if not question:
+        return {}
+    return {m.group(1): m.group(2) for m in _OPTION_LINE.finditer(_fw(question))}
+
+
+# --------------------------------------------------------------------------------------------
+# true / false
+# --------------------------------------------------------------------------------------------
+_TRUE_WORDS = {"true", "yes", "是", "对", "正确", "√", "✓", "✔", "correct", "right", "是的", "对的"}
+_FALSE_WORDS = {"false", "no", "否", "错", "错误", "×", "✗", "✘", "incorrect", "wrong", "不是", "不对", "不正确", "错的"}
+_NEG_RE = re.compile(r"不正确|不对|不是|错误|\bfalse\b|\bno\b|\bincorrect\b|\bwrong\b|否|错|×")
+_POS_RE = re.compile(r"正确|对|是|\btrue\b|\byes\b|\bcorrect\b|\bright\b|√")
+_TF_LEAD = re.compile(r"^(yes|no|true|false|不正确|不对|不是|正确|错误|是|否|对|错)\s*[,.，。;；!！:：]")
+_TF_LETTER = re.compile(r"^[\(\[]?([A-F])[\)\]]?\s*[、.．:：)\s]\s*(.+)$")
+
+
+def parse_bool(s: str, *, loose: bool = False) -> bool | None:
+    s0 = _strip_latex(_fw(s)).strip().strip(" .。!！*\"'").casefold()
+    if not s0:
+        return None
+    if s0 in _TRUE_WORDS:
+        return True
+    if s0 in _FALSE_WORDS:
+        return False
+    lm = _TF_LEAD.match(s0)
+    if lm:  # "Yes, it is greater." / "不正确，因为…"
+        return lm.group(1) in _TRUE_WORDS if lm.group(1) in _TRUE_WORDS or lm.group(1) in _FALSE_WORDS else None
+    m = _TF_LETTER.match(s0.upper()) if len(s0) <= 8 else None
+    if m:
+        return parse_bool(m.group(2))
+    if loose and len(s0) <= 16:
+        neg = _NEG_RE.search(s0) is not None
+        pos = _POS_RE.search(_NEG_RE.sub(" ", s0)) is not None
+        if neg != pos:
+            return pos
+    return None
+
+
+def _tf_letter_alias(s: str) -> str | None:
+    m = _TF_LETTER.match(_fw(s).strip().upper())
+    return m.group(1) if m else None
+
+
+# --------------------------------------------------------------------------------------------
+# labels
+# --------------------------------------------------------------------------------------------
+_LABELS = {
+    "bearish": "negative", "negative": "negative", "消极": "negative", "负面": "negative", "利空": "negative",
+    "bullish": "positive", "positive": "positive", "积极": "positive", "正面": "positive", "利好": "positive",
+    "neutral": "neutral", "中性": "neutral", "中立": "neutral",
+}
+_LABEL_RE = re.compile("|".join(sorted((re.escape(k) for k in _LABELS), key=len, reverse=True)), re.I)
+
+
+def parse_label(s: str, *, loose: bool = False) -> str | None:
+    s0 = _strip_latex(_fw(s)).strip().strip(" .。!！*\"'()（）").casefold()
+    if s0 in _LABELS:
+        return _LABELS[s0]
+    if loose and len(s0) <= 40:
+        found = {_LABELS[m.group(0).casefold()] for m in _LABEL_RE.finditer(s0)}
+        if len(found) == 1:
+            return found.pop()
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# numbers
+# --------------------------------------------------------------------------------------------
+_UNIT_MULT = {
+    "万亿": 1e12, "千亿": 1e11, "百亿": 1e10, "十亿": 1e9, "亿": 1e8, "千万": 1e7, "百万": 1e6, "十万": 1e5,
+    "万": 1e4, "千": 1e3, "百": 1e2,
+    "trillion": 1e12, "billion": 1e9, "bn": 1e9, "million": 1e6, "mn": 1e6, "mm": 1e6, "thousand": 1e3,
+}
+_UNIT_RE_S = "|".join(sorted((re.escape(k) for k in _UNIT_MULT), key=len, reverse=True))
+_CURRENCY = r"(?:US\$|HK\$|RMB|CNY|USD|HKD|EUR|人民币|美元|港元|港币|欧元|日元|英镑|元|块|[$¥￥€£])"
+_NUM_CORE = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?"
+_NUM_FULL = re.compile(
+    rf"^\s*(?P<neg1>[-−–+]?)\s*{_CURRENCY}?\s*(?P<neg2>[-−–]?)\s*(?P<num>{_NUM_CORE})\s*"
+    rf"(?:(?:\\times|×|x|\*)\s*10\s*\^\s*\{{?\s*(?P<exp>[-−]?\d+)\s*\}}?)?\s*"
+    rf"(?P<unit>{_UNIT_RE_S})?\s*(?:{_CURRENCY}|dollars?|yuan|shares?|股|个|份|点|次|人|年|days?|天|倍|times)?\s*"
+    rf"(?P<pct>%|％|percent|per\s*cent|个百分点|percentage\s+points?|pp|bps|basis\s+points?)?\s*$",
+    re.I,
+)
+_NUM_PAREN = re.compile(r"^\s*\(\s*([^()]+?)\s*\)\s*$")
+_FRAC = re.compile(r"^\s*(-?)\\[dt]?frac\s*\{\s*([-\d.]+)\s*\}\s*\{\s*([-\d.]+)\s*\}\s*(%?)\s*$")
+_SLASH = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
+_NUM_TOKEN = re.compile(rf"[-−]?\s*{_CURRENCY}?\s*(?:{_NUM_CORE})\s*(?:{_UNIT_RE_S})?\s*(?:%|％)?", re.I)
+_APPROX = re.compile(r"^(?:约|大约|约为|近|approximately|approx\.?|about|around|roughly|≈|~|=)\s*", re.I)
+_SUBJECT_EQ = re.compile(r"^[^=<>]{0,40}?(?:=|≈|为|是|is|was|equals|of)\s*(?=[-−$¥￥€£(（\d.])", re.I)
+
+
+@dataclass(frozen=True)
+class Num:
+    value: float  # value with unit multiplier applied; percent NOT applied
+    pct: bool  # carried a percent sign (value is in percent units)
+    unit: float  # unit multiplier (1.0 when none)
+    raw: float  # bare number, before unit multiplier
+
+
+def _num_match(s: str) -> Num | None:
+    neg = False
+    pm = _NUM_PAREN.match(s)
+    if pm:  # accounting negative: (1,234)
+        inner = _num_match(pm.group(1))
+        if inner is None:
+            return None
+        return Num(-inner.value, inner.pct, inner.unit, -inner.raw)
+    m = _NUM_FULL.match(s)
+    if not m:
+        return None
+    if (m.group("neg1") or "") in "-−–" and m.group("neg1"):
+        neg = True
+    if m.group("neg2"):
+        neg = not neg
+    try:
+        raw = float(m.group("num").replace(",", ""))
+    except ValueError:
+        return None
+    if m.group("exp"):
+        raw *= 10.0 ** int(m.group("exp").replace("−", "-"))
+    unit = _UNIT_MULT.get((m.group("unit") or "").lower(), 1.0) if m.group("unit") else 1.0
+    pct = bool(m.group("pct")) and m.group("pct").lower() not in ("bps", "basis point", "basis points")
+    if m.group("pct") and m.group("pct").lower().startswith(("bps", "basis")):
+        raw = raw / 100.0  # basis points -> percent
+        pct = True
+    if neg:
+        raw = -raw
+    return Num(raw * unit, pct, unit, raw)
+
+
+def parse_number(s: str, *, loose: bool = False) -> Num | None:
+    """Parse a number with currency, thousands separators, units, percent, parentheses negatives,
+    ``\\frac{a}{b}``, ``a/b`` and ``1.2 \\times 10^{3}``. With ``loose``, also take the value after
+    the last ``=`` or the single number of a short phrase (``约 13.4%``, ``净利润为3.2万元``)."""
+    if s is None:
+        return None
+    s = _strip_latex(_fw(s)).replace("−", "-").replace("\u2009", "").replace("\u00a0", " ").strip()
+    s = s.rstrip("。.;；!！ ").strip()
+    if not s:
+        return None
+    n = _num_match(s)
+    if n is not None:
+        return n
+    fm = _FRAC.match(s)
+    if fm:
+        try:
+            v = float(fm.group(2)) / float(fm.group(3))
+        except (ValueError, ZeroDivisionError):
+            return None
+        v = -v if fm.group(1) else v
+        return Num(v, bool(fm.group(4)), 1.0, v)
+    sm = _SLASH.match(s)
+    if sm:
+        try:
+            v = float(sm.group(1)) / float(sm.group(2))
+        except ZeroDivisionError:
+            return None
+        return Num(v, False, 1.0, v)
+    if not loose:
+        return None
+    t = _APPROX.sub("", s)
+    if t != s:
+        n = parse_number(t)
+        if n is not None:
+            return n
+    if "=" in s or "≈" in s:
+        tail = re.split(r"=|≈", s)[-1]
+        n = parse_number(tail)
+        if n is not None:
+            return n
+    if len(s) <= 60:
+        toks = _NUM_TOKEN.findall(s)
+        if len(toks) == 1:
+            return parse_number(toks[0])
+        sm2 = _SUBJECT_EQ.match(s)
+        if sm2:
+            n = parse_number(s[sm2.end():])
+            if n is not None:
+                return n
+    return None
+
+
+_SCALES = (100.0, 1e3, 1e4, 1e6, 1e8, 1e9)
+
+
+def _close(a: float, b: float, rel_tol: float) -> bool:
+    if a == b:
+        return True
+    scale = max(abs(a), abs(b))
+    return abs(a - b) <= rel_tol * scale + 1e-12
+
+
+def compare_numbers(gold: Num, pred: Num, rel_tol: float) -> tuple[str, str]:
+    """(verdict, reason). Equivalences: 0.2 == 20% when one side carries %, a unit on one side
+    only may be the question's unit (46 == 46万元), rounding within ``rel_tol``."""
+    g_vals = [gold.value / 100.0] if gold.pct else [gold.value]
+    p_vals = [pred.value / 100.0] if pred.pct else [pred.value]
+    if gold.pct != pred.pct:  # 0.2 vs 20%: also compare the bare numbers (20% vs "20")
+        g_vals.append(gold.value)
+        p_vals.append(pred.value)
+    if gold.unit != pred.unit:  # 3.2 (万元 in the question) vs 3.2万元
+        g_vals.append(gold.raw)
+        p_vals.append(pred.raw)
+    for g in g_vals:
+        for p in p_vals:
+            if _close(g, p, rel_tol):
+                return CORRECT, "numeric match"
+    # an off-by-a-scale or sign-only difference is not a clear deviation: the question may ask
+    # "in millions" or "in percent", or "decrease of 11%" vs gold -0.11. Let the judge decide.
+    for g in g_vals:
+        for p in p_vals:
+            if g == 0 or p == 0:
+                continue
+            if _close(abs(g), abs(p), rel_tol):
+                return UNKNOWN, "numeric match up to sign"
+            r = abs(p / g)
+            for sc in _SCALES:
+                if _close(r, sc, rel_tol) or _close(r, 1.0 / sc, rel_tol):
+                    return UNKNOWN, f"numeric match up to a factor of {sc:g}"
+    return INCORRECT, "numeric mismatch"
+
+
+_mv_local = threading.local()
+
+
+def _math_verify(gold: str, pred: str) -> tuple[bool | None, float | None]:
+    """math-verify as the slow fallback: (equal?, numeric value of the prediction if it has one).
+    (None, None) when either side does not parse."""
+    try:
+        from math_verify import parse, verify as mv_verify
+    except Exception:  # pragma: no cover - math-verify is a dependency
+        return None, None
+    main = threading.current_thread() is threading.main_thread()
+    to = 3 if main else None  # its timeouts use signals: main thread only
+    try:
+        g = parse(f"${gold}$" if "$" not in gold else gold, parsing_timeout=to)
+        p = parse(f"${pred}$" if "$" not in pred else pred, parsing_timeout=to)
+        if not g or not p:
+            return None, None
+        ok = bool(mv_verify(g, p, timeout_seconds=to))
+        val = None
+        try:
+            if getattr(p[0], "is_number", False):
+                val = float(p[0].evalf())
+        except Exception:
+            val = None
+        return ok, val
+    except Exception:
+        return None, None
+
+
+_LATEXY = re.compile(r"\\(?:d?t?frac|sqrt|times|cdot|pi|left|right)|\^|\\exp|e\^")
+
+
+# --------------------------------------------------------------------------------------------
+# type inference and gold parsing
+# --------------------------------------------------------------------------------------------
+def infer_answer_type(gold: str) -> str:
+    g = gold.strip()
+    if not g:
+        return "free_text"
+    if parse_bool(g) is not None:
+        return "true_false"
+    if parse_label(g) is not None:
+        return "label"
+    letters = parse_letters(g)
+    if letters:
+        return "mcq_multi" if len(letters) > 1 else "mcq_single"
+    if parse_number(g) is not None:
+        return "numeric"
+    if _LATEXY.search(g):
+        return "numeric"
+    return "free_text"
+
+
+def _type_family(t: str) -> str:
+    if t in ("mcq_single", "mcq_multi", "mcq"):
+        return "mcq"
+    if t in ("true_false", "bool", "boolean", "yes_no"):
+        return "tf"
+    if t in ("numeric", "number", "float", "int"):
+        return "num"
+    if t in ("label", "sentiment", "class"):
+        return "label"
+    if t == "code":
+        return "code"
+    return "text"
+
+
+# --------------------------------------------------------------------------------------------
+# the verifier
+# --------------------------------------------------------------------------------------------
+def _as_text(x) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, float) and math.isnan(x):
+        return ""
+    if isinstance(x, (list, tuple)):
+        return json.dumps(list(x), ensure_ascii=False)
+    return str(x)
+
+
+def candidate_answer(prediction: str) -> tuple[str | None, str]:
+    """(extracted, usable text). ``extracted`` is the boxed / phrase answer or None; the usable text
+    falls back to the answer part of the output when nothing was extracted."""
+    ex = extract_answer(prediction)
+    if ex is not None:
+        return ex, ex
+    return None, answer_part(prediction)
+
+
+def verify(gold, prediction, answer_type: str | None = None, question: str | None = None,
+           rel_tol: float = 0.01) -> Verdict:
+    """Three-valued rule verdict. See the module docstring for the rules."""
+    gold_s = _as_text(gold).strip()
+    pred_s = _as_text(prediction)
+    if not gold_s or gold_s.lower() in ("none", "null", "nan"):
+        return Verdict(UNKNOWN, extract_answer(pred_s) if pred_s.strip() else None, "gold answer empty")
+    if not pred_s.strip():
+        return Verdict(INCORRECT, None, "empty prediction")
+    extracted, cand = candidate_answer(pred_s)
+    # boxed/phrase answers are trusted as answers; a bare fallback text is parsed strictly (short)
+    # or loosely only when it is short enough to be "just the answer"
+    fallback = extracted is None
+    cand = cand.strip()
+    if not cand:
+        return Verdict(INCORRECT, None, "empty answer")
+    atype = answer_type or infer_answer_type(gold_s)
+    fam = _type_family(atype)
+    shown = extracted if extracted is not None else (cand if len(cand) <= 200 else None)
+
+    if fam == "mcq":
+        g = parse_letters(gold_s) or parse_letters(gold_s, loose=True)
+        if not g:
+            return Verdict(UNKNOWN, shown, f"gold not parseable as {atype}")
+        p = parse_letters(cand) or (parse_letters(cand, loose=True) if (not fallback or len(cand) <= 40) else None)
+        if p is None:
+            opts = options_from_question(question)
+            if opts:
+                key = normalize_text(cand)
+                hits = [k for k, v in opts.items() if key and normalize_text(v) == key]
+                if len(hits) == 1:
+                    p = hits[0]
+        if p is None:
+            return Verdict(UNKNOWN, shown, "prediction has no option letters")
+        return Verdict(CORRECT if p == g else INCORRECT, p, "options match" if p == g else f"options differ ({p} vs {g})")
+
+    if fam == "tf":
+        g = parse_bool(gold_s)
+        alias = _tf_letter_alias(gold_s)
+        if g is None:
+            return Verdict(UNKNOWN, shown, f"gold not parseable as {atype}")
+        p = parse_bool(cand, loose=not fallback or len(cand) <= 16)
+        if p is None and alias is not None:
+            pl = parse_letters(cand)
+            if pl and len(pl) == 1:
+                ok = pl == alias
+                return Verdict(CORRECT if ok else INCORRECT, pl, "option letter of true/false gold")
+        if p is None:
+            return Verdict(UNKNOWN, shown, "prediction has no true/false value")
+        ok = p == g
+        return Verdict(CORRECT if ok else INCORRECT, "true" if p else "false", "true/false match" if ok else "true/false differ")
+
+    if fam == "label":
+        g = parse_label(gold_s)
+        if g is None:
+            if normalize_text(gold_s) == normalize_text(cand):
+                return Verdict(CORRECT, shown, "exact normalized match")
+            return Verdict(UNKNOWN, shown, f"gold not a known label ({gold_s[:40]})")
+        p = parse_label(cand, loose=not fallback or len(cand) <= 40)
+        if p is None:
+            return Verdict(UNKNOWN, shown, "prediction has no label")
+        return Verdict(CORRECT if p == g else INCORRECT, p, "label match" if p == g else f"labels differ ({p} vs {g})")
+
+    if fam == "num":
+        g = parse_number(gold_s) or parse_number(gold_s, loose=True)
+        if g is None:
+            if _LATEXY.search(gold_s):
+                mv, _ = _math_verify(gold_s, cand)
+                if mv is True:
+                    return Verdict(CORRECT, shown, "math-verify match")
+            if normalize_text(gold_s) == normalize_text(cand):
+                return Verdict(CORRECT, shown, "exact normalized match")
+            return Verdict(UNKNOWN, shown, f"gold not parseable as {atype}")
+        p = parse_number(cand, loose=not fallback or len(cand) <= 60)
+        if p is None and _LATEXY.search(cand):
+            mv, val = _math_verify(gold_s, cand)
+            if mv:
+                return Verdict(CORRECT, shown, "math-verify match")
+            if val is not None and math.isfinite(val):
+                v, why = compare_numbers(g, Num(val, False, 1.0, val), rel_tol)
+                return Verdict(v, shown, f"math-verify value: {why}")
+            if mv is False:
+                return Verdict(UNKNOWN, shown, "math-verify no match (left to the judge)")
+        if p is None:
+            if parse_bool(gold_s) is None and parse_bool(cand) is not None:
+                return Verdict(INCORRECT, shown, "yes/no answer to a numeric question")
+            return Verdict(UNKNOWN, shown, "prediction has no single number")
+        v, why = compare_numbers(g, p, rel_tol)
+        return Verdict(v, shown, why)
+
+    # free text and code: exact normalized match or unknown
+    if normalize_text(gold_s) == normalize_text(cand) and normalize_text(cand):
+        return Verdict(CORRECT, shown, "exact normalized match")
+    if fam == "text":
+        # free text whose gold happens to be a bare number/letter is still decided by rule
+        pass
+    return Verdict(UNKNOWN, shown, f"{atype}: not decidable by rule")
+
+
+# --------------------------------------------------------------------------------------------
+# JSONL rescoring (the `finr1 verify` command)
+# --------------------------------------------------------------------------------------------
+class BadLine(ValueError):
+    """A JSONL line that cannot be verified; ``str()`` is one line naming the line number."""
+
+    def __init__(self, line_no: int, msg: str):
+        super().__init__(f"line {line_no}: {msg}")
+        self.line_no = line_no
+
+
+def verify_record(obj: dict, rel_tol: float = 0.01) -> dict:
+    """The row plus ``verdict`` and ``extracted`` (and ``verify_reason``)."""
+    v = verify(obj.get("gold"), obj.get("prediction"), obj.get("answer_type") or None, obj.get("question"), rel_tol)
+    return {**obj, "verdict": v.verdict, "extracted": v.extracted, "verify_reason": v.reason}
+
+
+def _check_line(line_no: int, line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadLine(line_no, f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise BadLine(line_no, f"expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in ("gold", "prediction") if k not in obj]
+    if missing:
+        raise BadLine(line_no, f"missing field(s): {', '.join(missing)}")
+    at = obj.get("answer_type")
+    if at is not None and at not in ANSWER_TYPES:
+        raise BadLine(line_no, f"answer_type {at!r} is not one of {', '.join(ANSWER_TYPES)}")
+    for k in ("question",):
+        if obj.get(k) is not None and not isinstance(obj[k], str):
+            raise BadLine(line_no, f"{k} must be a string")
+    return obj
+
+
+def verify_lines(lines, rel_tol: float = 0.01, skip_bad: bool = False):
+    """Yield output rows for JSONL lines (blank lines are skipped).
+
+    A bad line raises :class:`BadLine` (one line, with its number), unless ``skip_bad``: then it is
+    passed through as ``{"line": N, "error": ..., "verdict": "unknown", "extracted": null}`` (the
+    original object's fields are kept when the line was a JSON object).
+    """
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = _check_line(n, line)
+        except BadLine as e:
+            if not skip_bad:
+                raise
+            try:
+                base = json.loads(line)
+                base = base if isinstance(base, dict) else {"input": base}
+            except json.JSONDecodeError:
+                base = {"input": line.rstrip("\n")}
+            yield {**base, "line": n, "error": str(e), "verdict": UNKNOWN, "extracted": None}
+            continue
+        yield verify_record(obj, rel_tol)
