@@ -9,12 +9,15 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: demo test setup model clean server server-down help
 
 help:
 	@echo "make demo   - set up .venv, prepare the embedded model, run the whole pipeline"
 	@echo "make test   - set up .venv if needed and run the test suite"
+	@echo "make server - local Prefect server + worker on 127.0.0.1:4200, deploy deployments/prefect.yaml"
+	@echo "make server-down - stop them (by PID)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +40,15 @@ demo: model
 test: setup
 	$(BIN)/finr1 prepare-model
 	$(BIN)/python -m pytest -m "not heavy" $(PYTEST_ARGS)
+
+# ops (issue 6): a local Prefect server (127.0.0.1:4200, SQLite in $(FINR1_HOME)/prefect; Postgres when
+# PREFECT_API_DATABASE_CONNECTION_URL is set), the finr1-process pool and worker, the deployments.
+# PIDs in $(FINR1_HOME)/prefect/server.json. docs/operating.md has the details.
+server: model
+	$(BIN)/finr1 server up $(SERVER_ARGS)
+
+server-down:
+	$(BIN)/finr1 server down
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

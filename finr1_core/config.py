@@ -69,6 +69,11 @@ class ServeConfig(_Strict):
     port: int = Field(0, ge=0, le=65535, description="0 = a free port")
     startup_timeout_s: float = Field(180, gt=0)
     continuous_batching: bool = True
+    # On CPU, continuous batching sizes its paged KV cache from free memory (13.8 GB for the
+    # 135M model, measured), so a server holding several checkpoints runs the machine out of
+    # memory. A fixed cache: 512 blocks x 32 tokens = 16k tokens (about 0.4 GB for SmolLM2-135M).
+    cb_num_blocks: int = Field(512, ge=1)
+    cb_block_size: int = Field(32, ge=1)
 
 
 class LLMRole(_Strict):
@@ -85,6 +90,10 @@ class LLMRole(_Strict):
     max_retries: int = Field(5, ge=0)
     price_per_m_input: float = Field(0.0, ge=0)
     price_per_m_output: float = Field(0.0, ge=0)
+    rpm: float | None = Field(None, gt=0, description="Requests per minute per endpoint (null = no limit)")
+    tpm: float | None = Field(None, gt=0, description="Tokens per minute per endpoint (null = no limit)")
+    backoff_base_s: float = Field(0.5, gt=0, description="First retry delay; doubles per attempt, with jitter")
+    backoff_max_s: float = Field(20.0, gt=0)
 
 
 class DistillConfig(_Strict):

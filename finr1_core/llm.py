@@ -3,27 +3,44 @@
 Everything the pipeline asks of a model goes over HTTP through the ``openai`` client, exactly as
 production reaches vLLM. Three request modes:
 
-- ``completions``: render the model's chat template locally (no system prompt), append the forced
-  assistant prefix (``<think>\\n``) and POST ``/v1/completions``. Works with ``transformers serve``
-  and vLLM alike.
+- ``completions``: render the model's chat template locally (no system prompt: a default system
+  turn that the template injects by itself is removed), append the forced assistant prefix
+  (``<think>\\n``) and POST ``/v1/completions``. Works with ``transformers serve`` and vLLM alike.
 - ``chat-prefill``: chat completions whose last message is the assistant prefix, with
   ``continue_final_message=true, add_generation_prompt=false`` (vLLM, SGLang).
 - ``chat``: plain chat completions, no prefix (hosted APIs, judges).
+
+Reliability (all inside :class:`LLMClient`):
+
+- several endpoints; each request goes to the healthy endpoint with the fewest requests queued or
+  in flight relative to its concurrency cap;
+- a circuit breaker per endpoint: after ``breaker_threshold`` consecutive failures the endpoint
+  is ejected for ``breaker_cooldown_s``, then gets one trial request (half-open);
+- a concurrency cap per endpoint, and optional requests-per-minute / tokens-per-minute buckets;
+- retries with exponential backoff and full jitter on 429, 5xx, timeouts, connection errors,
+  empty bodies and malformed JSON, honouring ``Retry-After``; every attempt runs under a hard
+  per-request deadline (``timeout_s``);
+- API keys never appear in ``repr``, logs or error messages.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-import httpx
 import openai
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MODES = ("completions", "chat-prefill", "chat")
+KEY_HEADER = "X-Finr1-Request-Key"  # lets a server (and our fake one) count requests per key
 
 
 @dataclass
@@ -31,6 +48,10 @@ class Endpoint:
     name: str
     base_url: str
     api_key: str = field(default="EMPTY", repr=False)  # never printed
+    # Optional per-endpoint overrides of the client-wide limits (None = use the client's).
+    max_concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
 
 
 @dataclass
@@ -58,28 +79,134 @@ class Completion:
 
 
 class LLMError(RuntimeError):
-    """Raised when a request still fails after all retries."""
+    """Raised when a request still fails after all retries (or fails in a way no retry can fix)."""
+
+
+class _Retryable(Exception):
+    """Internal: a failure worth another attempt (empty body, malformed JSON, no choices)."""
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-class ChatRenderer:
-    """Renders a chat with the model's own template, locally (for ``completions`` mode)."""
+# --------------------------------------------------------------------------- chat template
+_CHATML_SYSTEM = re.compile(r"<\|im_start\|>system\n.*?<\|im_end\|>\n?", re.S)
+_LLAMA3_SYSTEM = re.compile(r"<\|start_header_id\|>system<\|end_header_id\|>.*?<\|eot_id\|>", re.S)
 
-    def __init__(self, tokenizer_path: str):
+
+class ChatRenderer:
+    """Renders a chat with the model's own template, locally (for ``completions`` mode).
+
+    When the input has no system message, a default system turn injected by the template itself
+    (SmolLM2 and Qwen2.5 ChatML templates, Llama 3's date header) is removed: the recipe says no
+    system prompt, and the rendered text is what the server receives. A leading BOS token is
+    dropped when the tokenizer adds one by itself, so servers that tokenise with special tokens
+    do not see it twice.
+    """
+
+    def __init__(self, tokenizer_path: str, *, keep_default_system: bool = False):
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(tokenizer_path)
+        self.keep_default_system = keep_default_system
+        bos = getattr(self.tok, "bos_token", None)
+        try:
+            ids = self.tok("x").input_ids
+            self._strip_bos = bool(bos) and bool(ids) and ids[0] == self.tok.bos_token_id
+        except Exception:  # pragma: no cover - exotic tokenizers
+            self._strip_bos = False
+        self._bos = bos or ""
 
     def render(self, messages: Sequence[dict], prefix: str = "") -> str:
-        text = self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        msgs = list(messages)
+        text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        if not self.keep_default_system and not any(m.get("role") == "system" for m in msgs):
+            text = _CHATML_SYSTEM.sub("", text, count=1)
+            text = _LLAMA3_SYSTEM.sub("", text, count=1)
+        if self._strip_bos and self._bos and text.startswith(self._bos):
+            text = text[len(self._bos):]
         return text + prefix
 
 
+@functools.lru_cache(maxsize=8)
+def get_renderer(tokenizer_path: str) -> ChatRenderer:
+    """One renderer per tokenizer per process (loading a tokenizer costs ~0.5 s)."""
+    return ChatRenderer(tokenizer_path)
+
+
+def chat_messages(messages: Sequence[dict], prefix: str, mode: str) -> list[dict]:
+    """The message list actually sent in chat modes (the prefix becomes a final assistant turn)."""
+    msgs = [dict(m) for m in messages]
+    if mode == "chat-prefill" and prefix:
+        msgs.append({"role": "assistant", "content": prefix})
+    return msgs
+
+
+# --------------------------------------------------------------------------- limits
+class _TokenBucket:
+    """Per-minute limit as a token bucket (burst = 1/6 of a minute's allowance, at least 1 unit)."""
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute / 6.0)
+        self.level = self.capacity
+        self.t = time.monotonic()
+        self._lock: asyncio.Lock | None = None
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+        self.t = now
+
+    async def take(self, amount: float) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        amount = min(amount, self.capacity)  # a single huge request must still be able to go
+        async with self._lock:  # FIFO: waiters are served in order
+            while True:
+                self._refill()
+                if self.level >= amount:
+                    self.level -= amount
+                    return
+                await asyncio.sleep((amount - self.level) / self.rate)
+
+    def refund(self, amount: float) -> None:
+        """Give back (positive) or charge extra (negative) once the real usage is known."""
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
+
+class _EndpointState:
+    def __init__(self, ep: Endpoint, cap: int, rpm: float | None, tpm: float | None):
+        self.ep = ep
+        self.cap = cap
+        self.sem: asyncio.Semaphore | None = None
+        self.assigned = 0  # queued on this endpoint or in flight
+        self.rpm = _TokenBucket(rpm) if rpm else None
+        self.tpm = _TokenBucket(tpm) if tpm else None
+        self.consecutive_failures = 0
+        self.open_until = 0.0  # circuit open (endpoint ejected) until this monotonic time
+        self.half_open_trial = False
+        self.ok = 0
+        self.failed = 0
+        self.ejections = 0
+
+    def semaphore(self) -> asyncio.Semaphore:
+        if self.sem is None:
+            self.sem = asyncio.Semaphore(self.cap)
+        return self.sem
+
+    def available(self, now: float) -> bool:
+        return now >= self.open_until
+
+
 class LLMClient:
-    """Async client over one or more OpenAI-compatible endpoints with retries and backoff."""
+    """Async client over one or more OpenAI-compatible endpoints with retries, limits and ejection.
+
+    ``max_concurrency`` is the cap per endpoint (an :class:`Endpoint` may override it).
+    ``rpm`` / ``tpm`` are optional per-endpoint requests- and tokens-per-minute limits.
+    """
 
     def __init__(
         self,
@@ -93,98 +220,223 @@ class LLMClient:
         max_retries: int = 5,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 20.0,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        breaker_threshold: int = 5,
+        breaker_cooldown_s: float = 30.0,
     ):
         if not endpoints:
             raise ValueError("LLMClient needs at least one endpoint")
-        if mode not in ("completions", "chat-prefill", "chat"):
+        if mode not in MODES:
             raise ValueError(f"mode must be one of completions, chat-prefill, chat; got {mode!r}")
+        names = [e.name for e in endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"endpoint names must be unique; got {names}")
         self.endpoints = list(endpoints)
         self.model = model
         self.mode = mode
-        self.renderer = ChatRenderer(tokenizer_path or model) if mode == "completions" else None
+        self.tokenizer_path = tokenizer_path
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.breaker_threshold = max(1, breaker_threshold)
+        self.breaker_cooldown_s = breaker_cooldown_s
+        self._states = {
+            e.name: _EndpointState(e, e.max_concurrency or max_concurrency, e.rpm or rpm, e.tpm or tpm) for e in self.endpoints
+        }
         self._clients: dict[str, openai.AsyncOpenAI] = {}
-        self._sem: asyncio.Semaphore | None = None
-        self._rr = 0
+        self._renderer: ChatRenderer | None = None
+
+    def __repr__(self) -> str:  # endpoints' repr already hides keys; say so explicitly anyway
+        eps = ", ".join(f"{e.name}={e.base_url}" for e in self.endpoints)
+        return f"LLMClient(model={self.model!r}, mode={self.mode!r}, endpoints=[{eps}])"
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def renderer(self) -> ChatRenderer | None:
+        """Loaded lazily: a caller that passes pre-rendered prompts never needs a tokenizer."""
+        if self.mode != "completions":
+            return None
+        if self._renderer is None:
+            self._renderer = get_renderer(self.tokenizer_path or self.model)
+        return self._renderer
+
+    def render(self, messages: Sequence[dict], prefix: str = "") -> str:
+        """The exact prompt text (completions) or JSON of the messages (chat modes) to be sent."""
+        if self.mode == "completions":
+            return self.renderer.render(messages, prefix)
+        return json.dumps(chat_messages(messages, prefix, self.mode), ensure_ascii=False)
 
     def _client(self, ep: Endpoint) -> openai.AsyncOpenAI:
         c = self._clients.get(ep.name)
         if c is None:
+            import httpx2
+
+            cap = self._states[ep.name].cap
             c = openai.AsyncOpenAI(
                 base_url=ep.base_url,
                 api_key=ep.api_key or "EMPTY",
                 timeout=self.timeout_s,
                 max_retries=0,  # retries are ours, with jitter
-                http_client=httpx.AsyncClient(timeout=self.timeout_s, limits=httpx.Limits(max_connections=256)),
+                http_client=openai.DefaultAsyncHttpxClient(
+                    timeout=self.timeout_s,
+                    limits=httpx2.Limits(max_connections=max(cap * 2, 16), max_keepalive_connections=max(cap * 2, 16)),
+                ),
             )
             self._clients[ep.name] = c
         return c
 
-    def _pick(self) -> Endpoint:
-        ep = self.endpoints[self._rr % len(self.endpoints)]
-        self._rr += 1
-        return ep
+    def endpoint_stats(self) -> dict[str, dict]:
+        now = time.monotonic()
+        return {
+            n: {"ok": s.ok, "failed": s.failed, "ejections": s.ejections, "ejected": not s.available(now)}
+            for n, s in self._states.items()
+        }
 
-    async def _once(self, ep: Endpoint, messages: Sequence[dict], sampling: Sampling, prefix: str) -> tuple[str, str | None, int, int, str]:
+    def _pick(self) -> _EndpointState:
+        """Least loaded healthy endpoint (random tie-break); if all are ejected, the soonest back."""
+        now = time.monotonic()
+        states = list(self._states.values())
+        healthy = [s for s in states if s.available(now)]
+        if not healthy:
+            return min(states, key=lambda s: s.open_until)
+        best = min(s.assigned / s.cap for s in healthy)
+        return random.choice([s for s in healthy if s.assigned / s.cap == best])
+
+    def _on_success(self, st: _EndpointState) -> None:
+        st.ok += 1
+        st.consecutive_failures = 0
+        st.half_open_trial = False
+        st.open_until = 0.0
+
+    def _on_failure(self, st: _EndpointState) -> None:
+        st.failed += 1
+        st.consecutive_failures += 1
+        if st.consecutive_failures < self.breaker_threshold and not st.half_open_trial:
+            return
+        now = time.monotonic()
+        if any(o is not st and o.available(now) for o in self._states.values()):
+            # eject only while another endpoint can take the traffic (a lone endpoint just backs off)
+            st.open_until = time.monotonic() + self.breaker_cooldown_s
+            st.half_open_trial = True  # the first request after the cool-down is a trial
+            st.consecutive_failures = 0
+            st.ejections += 1
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        d = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        d = d * (0.5 + random.random())  # jitter
+        if retry_after is not None:
+            d = max(d, min(retry_after, self.backoff_max_s))
+        return d
+
+    # ------------------------------------------------------------------ one attempt
+    async def _once(
+        self, ep: Endpoint, messages: Sequence[dict], sampling: Sampling, prefix: str, prompt: str | None, key: str | None
+    ) -> tuple[str, str | None, int, int, str]:
         client = self._client(ep)
         common: dict[str, Any] = dict(
             model=self.model, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens
         )
         if sampling.seed is not None:
             common["seed"] = sampling.seed
+        if key:
+            common["extra_headers"] = {KEY_HEADER: key}
         if self.mode == "completions":
-            prompt = self.renderer.render(messages, prefix)
-            r = await client.completions.create(prompt=prompt, **common)
-            if not r.choices:
-                raise LLMError("empty response body (no choices)")
-            ch = r.choices[0]
-            text, finish, sent = ch.text or "", ch.finish_reason, prompt
+            sent = prompt if prompt is not None else self.renderer.render(messages, prefix)
+            r = await client.completions.create(prompt=sent, **common)
+            ch = _first_choice(r)
+            text, finish = getattr(ch, "text", None), ch.finish_reason
         else:
-            msgs = list(messages)
-            extra = None
-            if self.mode == "chat-prefill" and prefix:
-                msgs = msgs + [{"role": "assistant", "content": prefix}]
-                extra = {"continue_final_message": True, "add_generation_prompt": False}
+            msgs = chat_messages(messages, prefix, self.mode)
+            extra = {"continue_final_message": True, "add_generation_prompt": False} if self.mode == "chat-prefill" and prefix else None
             r = await client.chat.completions.create(messages=msgs, extra_body=extra, **common)
-            if not r.choices:
-                raise LLMError("empty response body (no choices)")
-            ch = r.choices[0]
-            text, finish = (ch.message.content or ""), ch.finish_reason
-            sent = repr(msgs)
+            ch = _first_choice(r)
+            msg = getattr(ch, "message", None)
+            text, finish = (getattr(msg, "content", None) if msg is not None else None), ch.finish_reason
+            sent = prompt if prompt is not None else json.dumps(msgs, ensure_ascii=False)
+        if text is None:
+            raise _Retryable("malformed response: choice without text")
         usage = getattr(r, "usage", None)
         pt = getattr(usage, "prompt_tokens", 0) or 0
         ct = getattr(usage, "completion_tokens", 0) or 0
         return text, finish, pt, ct, sent
 
-    async def acomplete(self, messages: Sequence[dict], sampling: Sampling, prefix: str = "") -> Completion:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.max_concurrency)
+    # ------------------------------------------------------------------ public
+    async def acomplete(
+        self,
+        messages: Sequence[dict],
+        sampling: Sampling,
+        prefix: str = "",
+        *,
+        prompt: str | None = None,
+        key: str | None = None,
+    ) -> Completion:
+        """One completion with retries. ``prompt`` (optional) is a pre-rendered prompt text for
+        ``completions`` mode; ``key`` (optional) is sent as a header for server-side accounting."""
         started = _now()
-        last_err: Exception | None = None
-        for attempt in range(1, self.max_retries + 2):
-            ep = self._pick()
+        last_err = "no attempt made"
+        attempt = 0
+        est_tokens = (len(prompt) if prompt else sum(len(str(m.get("content", ""))) for m in messages)) / 4 + sampling.max_tokens
+        while attempt <= self.max_retries:
+            st = self._pick()
+            now = time.monotonic()
+            if not st.available(now):  # every endpoint is ejected: wait for the first to come back
+                await asyncio.sleep(st.open_until - now)
+            st.assigned += 1
+            retry_after: float | None = None
             try:
-                async with self._sem:
-                    text, finish, pt, ct, sent = await self._once(ep, messages, sampling, prefix)
-                return Completion(text, finish, pt, ct, ep.name, attempt, started, _now(), sent)
-            except (openai.APIStatusError,) as e:
-                last_err = e
+                async with st.semaphore():
+                    if not st.available(time.monotonic()) and any(s.available(time.monotonic()) for s in self._states.values()):
+                        continue  # ejected while we queued: go elsewhere (not an attempt)
+                    attempt += 1
+                    if st.rpm:
+                        await st.rpm.take(1)
+                    if st.tpm:
+                        await st.tpm.take(est_tokens)
+                    text, finish, pt, ct, sent = await asyncio.wait_for(
+                        self._once(st.ep, messages, sampling, prefix, prompt, key), self.timeout_s
+                    )
+                    if st.tpm:
+                        st.tpm.refund(est_tokens - (pt + ct or est_tokens))
+                self._on_success(st)
+                return Completion(text, finish, pt, ct, st.ep.name, attempt, started, _now(), sent)
+            except openai.APIStatusError as e:
                 if e.status_code not in RETRYABLE_STATUS:
-                    raise LLMError(f"{ep.name}: HTTP {e.status_code}: {str(e)[:200]}") from e
-            except (openai.APIConnectionError, openai.APITimeoutError, LLMError, ValueError) as e:
-                last_err = e
-            delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-            await asyncio.sleep(delay * (0.5 + random.random()))
-        raise LLMError(f"request failed after {self.max_retries + 1} attempts: {type(last_err).__name__}: {str(last_err)[:200]}")
+                    raise LLMError(f"{st.ep.name}: HTTP {e.status_code}: {_safe(str(e))}") from None
+                last_err = f"HTTP {e.status_code}"
+                retry_after = _retry_after(e)
+                self._on_failure(st)
+            except (asyncio.TimeoutError, openai.APITimeoutError):
+                last_err = f"timeout after {self.timeout_s:g}s"
+                self._on_failure(st)
+            except openai.APIConnectionError as e:
+                last_err = f"connection error: {type(e).__name__}"
+                self._on_failure(st)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # empty body, malformed JSON, missing fields
+                last_err = f"malformed response: {type(e).__name__}: {_safe(str(e))}"
+                self._on_failure(st)
+            finally:
+                st.assigned -= 1
+            if attempt <= self.max_retries:
+                await asyncio.sleep(self._backoff(attempt, retry_after))
+        raise LLMError(f"request failed after {attempt} attempts: {last_err}")
 
     async def aclose(self) -> None:
         for c in self._clients.values():
-            await c.close()
+            try:
+                await c.close()
+            except Exception:
+                pass
         self._clients.clear()
+        for s in self._states.values():  # semaphores belong to the loop that is closing
+            s.sem = None
+            for b in (s.rpm, s.tpm):
+                if b is not None:
+                    b._lock = None
 
     def complete_many(self, items: Sequence[tuple[Sequence[dict], Sampling, str]]) -> list[Completion | Exception]:
         """Synchronous helper: run many requests concurrently; failures come back as exceptions."""
@@ -194,9 +446,33 @@ class LLMClient:
                 return await asyncio.gather(*(self.acomplete(m, s, p) for m, s, p in items), return_exceptions=True)
             finally:
                 await self.aclose()
-                self._sem = None
 
         return asyncio.run(run())
+
+
+def _first_choice(r: Any) -> Any:
+    if isinstance(r, (str, bytes)) or r is None:
+        raise _Retryable("malformed response: body is not JSON" if r else "empty response body")
+    choices = getattr(r, "choices", None)
+    if not choices:
+        raise _Retryable("empty response body (no choices)")
+    return choices[0]
+
+
+def _retry_after(e: openai.APIStatusError) -> float | None:
+    try:
+        v = e.response.headers.get("retry-after")
+        return float(v) if v is not None else None
+    except Exception:
+        return None
+
+
+_KEYISH = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+)")
+
+
+def _safe(msg: str) -> str:
+    """Trim an upstream error message and scrub anything that looks like a credential."""
+    return _KEYISH.sub("<redacted>", msg)[:200]
 
 
 def api_key_from_env(var: str | None) -> str:
@@ -206,9 +482,33 @@ def api_key_from_env(var: str | None) -> str:
     return os.environ.get(var, "EMPTY")
 
 
+def endpoints_from_role(role: Any, default_base_url: str | None = None, api_keys: dict[str, str] | None = None) -> list[Endpoint]:
+    """Build :class:`Endpoint` objects from an ``LLMRole`` config.
+
+    ``default_base_url`` fills endpoints whose ``base_url`` is null (the managed local server);
+    ``api_keys`` maps endpoint name -> key (e.g. resolved from a Prefect Secret by the task) and
+    wins over ``api_key_env``.
+    """
+    out = []
+    for ec in role.endpoints:
+        url = ec.base_url or default_base_url
+        if not url:
+            raise ValueError(f"endpoint {ec.name!r} has no base_url and no managed server URL was given")
+        key = (api_keys or {}).get(ec.name) or api_key_from_env(ec.api_key_env)
+        out.append(Endpoint(ec.name, url, key))
+    return out
+
+
 def wait_backoff(attempt: int, base: float = 0.5, cap: float = 20.0) -> float:
     return min(cap, base * 2 ** (attempt - 1)) * (0.5 + random.random())
 
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+def per_worker(limit: float | None, workers: int) -> float | None:
+    """Split a global limit evenly across ``workers`` clients (rounded up for concurrency caps)."""
+    if limit is None:
+        return None
+    return max(1, math.ceil(limit / workers)) if isinstance(limit, int) else limit / workers

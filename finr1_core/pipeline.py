@@ -226,7 +226,10 @@ def stage_score_shard(cfg: PipelineConfig, shard: str, base_url: str | None) -> 
 
 # ----------------------------------------------------------------------------- split + release
 def stage_split(cfg: PipelineConfig) -> dict:
-    from finr1_core.release import split_and_release
+    """Route (already on each scored row), dedup, decontaminate against the held-out eval rows,
+    write the ``sft``/``rl`` stages and release Financial-R1-Distill-Data with its card."""
+    from finr1_core.dedup import dedup_and_decontaminate
+    from finr1_core.release import RELEASE_SCHEMA, release_dataset, release_row
 
     store = store_for(cfg)
     h = _h(score_hash(cfg), cfg.filter)
@@ -234,8 +237,28 @@ def stage_split(cfg: PipelineConfig) -> dict:
         m = store.stage_manifest("release")
         return {**m.get("summary", {}), "skipped": True}
     scored = store.read_rows("scored")
-    heldout = store.read_rows("heldout")
-    summary = split_and_release(store, scored, heldout, cfg.filter, cfg_hash=h)
+    eval_texts = {r["id"]: r["question"] for r in store.read_rows("heldout")}
+    res = dedup_and_decontaminate(scored, eval_texts, cfg.filter)
+    kept = {r["key"] for r in res.kept}
+    routed = {"sft": [], "rl": []}
+    for r in scored:
+        if r["key"] in kept:
+            routed["sft" if r["route"] == "sft" else "rl"].append(release_row(r))
+    for split, rows in routed.items():
+        store.write_shard(split, split, rows, cfg_hash=h, schema=RELEASE_SCHEMA, source_shards=["scored"])
+        store.complete_stage(split, h)
+    rel = release_dataset(scored, store.uri("release"), removals=res.removed, storage_options=store.storage_options)
+    removed = res.counts()
+    summary = {
+        "scored": len(scored),
+        "routed_sft": sum(1 for r in scored if r["route"] == "sft"),
+        "routed_rl": sum(1 for r in scored if r["route"] == "rl"),
+        "sft": len(routed["sft"]),
+        "rl": len(routed["rl"]),
+        "removed": removed,
+        "release": rel["uri"],
+        "card": rel["files"].get("card"),
+    }
     store.complete_stage("release", h, {"summary": summary})
     return {**summary, "skipped": False}
 

@@ -47,12 +47,16 @@ class ManagedServer:
         port: int = 0,
         continuous_batching: bool = True,
         startup_timeout_s: float = 180.0,
+        cb_num_blocks: int | None = 512,
+        cb_block_size: int | None = 32,
         log_path: str | None = None,
     ):
         self.model = model
         self.host = host
         self.port = port or free_port(host)
         self.continuous_batching = continuous_batching
+        self.cb_num_blocks = cb_num_blocks
+        self.cb_block_size = cb_block_size
         self.startup_timeout_s = startup_timeout_s
         self.log_path = log_path or tempfile.mktemp(prefix="finr1-serve-", suffix=".log")
         self.proc: subprocess.Popen | None = None
@@ -66,7 +70,15 @@ class ManagedServer:
         if self.model:
             cmd.append(self.model)
         cmd += ["--host", self.host, "--port", str(self.port), "--device", "cpu"]
-        cmd.append("--continuous-batching" if self.continuous_batching else "--no-continuous-batching")
+        if self.continuous_batching:
+            cmd.append("--continuous-batching")
+            # a fixed KV cache: by default it takes most of the free memory on CPU
+            if self.cb_num_blocks:
+                cmd += ["--cb-num-blocks", str(self.cb_num_blocks)]
+            if self.cb_block_size:
+                cmd += ["--cb-block-size", str(self.cb_block_size)]
+        else:
+            cmd.append("--no-continuous-batching")
         return cmd
 
     def start(self) -> "ManagedServer":

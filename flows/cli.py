@@ -44,6 +44,8 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
         fail(str(e))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # no network here, and its heartbeat races the ephemeral server for the SQLite lock
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import finr1_pipeline
 
     t0 = time.time()
@@ -170,6 +172,40 @@ def verify_cmd(
 
 
 # ---------------------------------------------------------------- end verify
+
+# ---------------------------------------------------------------- ops (issue 6): local Prefect server
+server_app = typer.Typer(help="Local Prefect server, finr1-process worker and deployments (make server / make server-down).", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("up")
+def server_up_cmd(
+    port: int = typer.Option(4200, "--port", help="Server port on --host"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (keep loopback unless a proxy with auth is in front)"),
+    home: str = typer.Option(None, "--home", help="PREFECT_HOME, PID file and logs (default $FINR1_HOME/prefect)"),
+    teacher_limit: int = typer.Option(4, "--teacher-limit", min=1, help="Tag concurrency limit 'teacher': distill shards at once"),
+    redistill_cron: str = typer.Option(None, "--redistill-cron", envvar="FINR1_REDISTILL_CRON", help="Cron (UTC) of the re-distill deployment (default from deployments/prefect.yaml: Mondays 03:00)"),
+    deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Run prefect deploy --all"),
+) -> None:
+    """Start `prefect server` (SQLite, or Postgres via PREFECT_API_DATABASE_CONNECTION_URL), the pool, a worker; deploy."""
+    from flows.ops import server_up
+
+    try:
+        st = server_up(host=host, port=port, home=home, teacher_limit=teacher_limit, redistill_cron=redistill_cron, deploy=deploy,
+                       log=lambda m: console.print(m, highlight=False, markup=False))
+    except RuntimeError as e:
+        fail(str(e))
+    console.print(f"UI: {st['ui_url']}   (export PREFECT_API_URL={st['api_url']} to use the prefect CLI)", highlight=False, markup=False)
+    console.print(f"run: PREFECT_API_URL={st['api_url']} prefect deployment run 'finr1-pipeline/embedded' --param limit=4", highlight=False, markup=False)
+
+
+@server_app.command("down")
+def server_down_cmd(home: str = typer.Option(None, "--home", help="As given to `finr1 server up`")) -> None:
+    """Stop the worker and the server started by `finr1 server up`, by PID."""
+    from flows.ops import server_down
+
+    server_down(home=home, log=lambda m: console.print(m, highlight=False, markup=False))
+# ---------------------------------------------------------------- end ops
 
 if __name__ == "__main__":  # pragma: no cover
     app()

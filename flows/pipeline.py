@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterator
+from typing import Iterator, Literal
+
+# Import transformers' lazy names once, here, in the main thread: shard tasks run in threads, and
+# two threads resolving `from transformers import AutoTokenizer` at once raised ImportError.
+from transformers import AutoTokenizer  # noqa: F401
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -31,7 +35,8 @@ def model_server(cfg: PipelineConfig) -> Iterator[str | None]:
         yield None
         return
     log = get_run_logger()
-    srv = ManagedServer(host=cfg.serve.host, port=cfg.serve.port, continuous_batching=cfg.serve.continuous_batching, startup_timeout_s=cfg.serve.startup_timeout_s)
+    srv = ManagedServer(host=cfg.serve.host, port=cfg.serve.port, continuous_batching=cfg.serve.continuous_batching,
+                        startup_timeout_s=cfg.serve.startup_timeout_s, cb_num_blocks=cfg.serve.cb_num_blocks, cb_block_size=cfg.serve.cb_block_size)
     t0 = time.time()
     srv.start()
     log.info("model server up at %s (pid %s, %.1f s, log %s)", srv.base_url, srv.pid, time.time() - t0, srv.log_path)
@@ -65,7 +70,7 @@ def finr1_pipeline(
     storage_root: str | None = None,
     limit: int | None = None,
     run_id: str | None = None,
-    stop_after: str | None = None,
+    stop_after: Literal["ingest", "prompts", "distill", "score", "split", "sft", "grpo", "eval"] | None = None,
 ):
     """Run the Fin-R1 recipe end to end.
 
@@ -77,7 +82,12 @@ def finr1_pipeline(
         stop_after: Stop after this stage (ingest, prompts, distill, score, split, sft, grpo, eval).
     """
     log = get_run_logger()
-    c = pipeline.load(config, run_id=run_id or pipeline.new_run_id(), storage_root=storage_root, limit=limit)
+    # ops (issue 6): a run id that survives `prefect flow-run retry`, and task results persisted
+    # under the storage root (s3: a saved RemoteFileSystem block). See flows/ops.py.
+    from flows.ops import bound_stages, default_run_id
+
+    c = pipeline.load(config, run_id=run_id or default_run_id(), storage_root=storage_root, limit=limit)
+    stages = bound_stages(c.storage_root)  # noqa: F811 - the same tasks, results under the storage root
     cfg = c.public_dict()
     log.info("run %s, storage %s, profile %s", c.run_id, c.storage_root, c.profile)
     timings: dict[str, float] = {}
@@ -106,6 +116,7 @@ def finr1_pipeline(
             return Failed(message=f"{len(failed)} of {len(shards)} shard(s) failed; completed shards are kept. Retry: finr1 retry-failed {c.run_id}")
         stages.finish_stage(cfg, "distill", shards, pipeline.distill_hash(c))
         stages.finish_stage(cfg, "scored", shards, pipeline.score_hash(c))
+        stages.stage_summary(cfg)  # ops (issue 6): rows in/out, pass rates, tokens, cost; Parquet paths
         if stop_after in ("distill", "score"):
             return {"run_id": c.run_id}
         t("split", stages.split_release, cfg)

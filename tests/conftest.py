@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # In-process Prefect runs use a throw-away home (ephemeral server, its own SQLite database).
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="finr1-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # --- fixtures (add yours below, in small blocks) ---------------------------------------------
 

@@ -48,5 +48,8 @@ def test_managed_server_serves_and_stops_by_pid():
             assert c.prompt_sent.endswith("<|im_start|>assistant\n<think>\n")
             assert "<|im_start|>system" not in c.prompt_sent
             assert c.completion_tokens > 0 and c.text
+            # the fixed KV cache keeps the server small (unbounded, it took 13.8 GB on CPU)
+            rss_kb = int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")).split()[1])
+            assert rss_kb < 4 * 1024 * 1024, f"model server uses {rss_kb / 1e6:.1f} GB"
             raise RuntimeError("boom")
     assert not _alive(pid) or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
