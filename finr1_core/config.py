@@ -142,6 +142,10 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=lambda: [EndpointConfig(name="local")],
+        description="Where the student checkpoints are served (no base_url = the managed local server)",
+    )
     max_rows: int = Field(12, ge=1, description="Held-out rows evaluated per model")
     max_tokens: int = Field(96, ge=1)
     temperature: float = Field(0.0, ge=0)

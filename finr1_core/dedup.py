@@ -142,16 +142,23 @@ def near_dedup(rows: Sequence[dict], *, threshold: float = 0.85, ngram: int = 5,
 def decontaminate(rows: Sequence[dict], eval_texts: Mapping[str, str] | Iterable[str], *, ngram: int = 13,
                   template_min_docs: int = 3, text_fn: Callable[[dict], str] = default_text,
                   group_key: str | None = "record_id", id_key: str = "key") -> DedupResult:
-    """Remove training rows that share a character ``ngram`` with any evaluation text."""
+    """Remove training rows that share a character ``ngram`` with any evaluation text.
+
+    An n-gram found in ``template_min_docs`` or more documents, training and evaluation texts
+    counted together, is a shared prompt template, not a leak: a leaked item shows up in one
+    training and one evaluation document, a template in every document of its source.
+    """
     if not isinstance(eval_texts, Mapping):
         eval_texts = {f"eval-{i}": t for i, t in enumerate(eval_texts)}
     index: dict[str, str] = {}
+    eval_df: dict[str, int] = {}
     for eid, t in eval_texts.items():
         norm = normalize_for_dedup(t)
         if len(norm) < ngram:
             continue  # too short to be evidence
         for g in char_ngrams(norm, ngram):
             index.setdefault(g, eid)
+            eval_df[g] = eval_df.get(g, 0) + 1
     first, members = _groups(rows, text_fn, group_key, id_key)
     hits: dict[str, set[str]] = {}
     df: dict[str, int] = {}
@@ -165,7 +172,7 @@ def decontaminate(rows: Sequence[dict], eval_texts: Mapping[str, str] | Iterable
                 df[x] = df.get(x, 0) + 1
     drop: dict[int, dict] = {}
     for g, h in hits.items():
-        real = sorted(x for x in h if df[x] < template_min_docs)
+        real = sorted(x for x in h if df[x] + eval_df[x] < template_min_docs)
         if not real:
             continue
         eid = index[real[0]]

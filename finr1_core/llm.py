@@ -31,6 +31,7 @@ import math
 import os
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -95,6 +96,9 @@ _CHATML_SYSTEM = re.compile(r"<\|im_start\|>system\n.*?<\|im_end\|>\n?", re.S)
 _LLAMA3_SYSTEM = re.compile(r"<\|start_header_id\|>system<\|end_header_id\|>.*?<\|eot_id\|>", re.S)
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 class ChatRenderer:
     """Renders a chat with the model's own template, locally (for ``completions`` mode).
 
@@ -106,9 +110,11 @@ class ChatRenderer:
     """
 
     def __init__(self, tokenizer_path: str, *, keep_default_system: bool = False):
-        from transformers import AutoTokenizer
+        # transformers resolves its names lazily; two threads doing so at once raised ImportError
+        with _IMPORT_LOCK:
+            from transformers import AutoTokenizer
 
-        self.tok = AutoTokenizer.from_pretrained(tokenizer_path)
+            self.tok = AutoTokenizer.from_pretrained(tokenizer_path)
         self.keep_default_system = keep_default_system
         bos = getattr(self.tok, "bos_token", None)
         try:
@@ -126,6 +132,8 @@ class ChatRenderer:
             text = _LLAMA3_SYSTEM.sub("", text, count=1)
         if self._strip_bos and self._bos and text.startswith(self._bos):
             text = text[len(self._bos):]
+        if prefix and text.endswith(prefix):
+            return text  # the template opens the think block itself (DeepSeek-R1's does)
         return text + prefix
 
 

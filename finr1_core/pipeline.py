@@ -288,7 +288,8 @@ def _mark(local: Path, info: dict) -> None:
     (local / ".finr1-done.json").write_text(json.dumps(info, indent=2, default=str))
 
 
-def model_path(cfg: PipelineConfig, name: str) -> str:
+def model_path(cfg: PipelineConfig, name: str) -> str | None:
+    """Local path of a checkpoint (``None`` when the stage trained nothing, e.g. an empty SFT route)."""
     if name == "base":
         return cfg.train.base_model
     local, uri = _model_dirs(cfg, name)
@@ -297,6 +298,8 @@ def model_path(cfg: PipelineConfig, name: str) -> str:
         if store.exists(uri + "/.finr1-done.json"):
             local.mkdir(parents=True, exist_ok=True)
             store.fs.get(store._p(uri), str(local), recursive=True)
+    if _ready(local) and json.loads((local / ".finr1-done.json").read_text()).get("empty"):
+        return None
     return str(local)
 
 
@@ -309,6 +312,14 @@ def stage_sft(cfg: PipelineConfig) -> dict:
         return {**json.loads((local / ".finr1-done.json").read_text()), "skipped": True}
     rows = store_for(cfg).read_rows("sft")
     shutil.rmtree(local, ignore_errors=True)
+    if not rows:
+        # Nothing passed both filter rounds (the embedded 135M teacher rarely closes its think
+        # block). Skipping is reported, never hidden: GRPO then starts from the base model.
+        local.mkdir(parents=True, exist_ok=True)
+        info = {"hash": h, "model": "sft", "path": None, "uri": None, "steps": 0, "rows": 0, "empty": True,
+                "reason": "the SFT route is empty: no trace passed both filter rounds"}
+        _mark(local, info)
+        return {**info, "skipped": True}
     res = run_sft(cfg.train.base_model, rows, str(local), cfg.train.sft, seed=cfg.train.seed)
     info = {"hash": h, "model": "sft", "path": str(local), "uri": uri, "steps": res.steps, "train_loss": res.train_loss, "rows": res.rows, "seconds": round(res.seconds, 1)}
     _mark(local, info)
@@ -332,7 +343,7 @@ def stage_grpo(cfg: PipelineConfig) -> dict:
         if i in prompts and i not in seen and prompts[i].get("answer"):
             seen.add(i)
             rows.append(prompts[i])
-    start = model_path(cfg, "sft")
+    start = model_path(cfg, "sft") or cfg.train.base_model
     shutil.rmtree(local, ignore_errors=True)
     res = run_grpo(start, rows, str(local), cfg.train.grpo, seed=cfg.train.seed, think_prefix=cfg.prompts.think_prefix)
     rewards = [{k: v for k, v in e.items() if k.startswith("reward") or k in ("loss", "grad_norm")} for e in res.log_history if "reward" in e]
@@ -351,13 +362,15 @@ def stage_eval(cfg: PipelineConfig, model: str, base_url: str | None) -> dict:
 
     store = store_for(cfg)
     path = model_path(cfg, model)
+    if path is None:
+        return {"model": model, "skipped": True, "rows": 0, "reason": f"no {model} checkpoint (stage trained nothing)"}
     h = _h(cfg.eval, path, (Path(path) / ".finr1-done.json").read_text() if (Path(path) / ".finr1-done.json").exists() else "")
     if store.shard_committed("eval", model, h):
         return {"model": model, "skipped": True, "rows": next(e["rows"] for e in store.shards("eval") if e["shard"] == model)}
     heldout = table_to_records(store.read_stage("heldout"))[: cfg.eval.max_rows]
     rows = [prompt_row(r, build_prompt(r, cfg.prompts)) for r in heldout]
     rows = _prompt_dicts(rows)
-    role = cfg.teacher.model_copy(update={"model": path, "tokenizer": path, "endpoints": cfg.teacher.endpoints})
+    role = cfg.teacher.model_copy(update={"model": path, "tokenizer": path, "endpoints": cfg.eval.endpoints})
     client = client_for(role, base_url)
     judge = AnswerJudge(client_for(cfg.judge, base_url)) if cfg.eval.use_judge else None
     sampling = Sampling(temperature=cfg.eval.temperature, top_p=1.0, max_tokens=cfg.eval.max_tokens)
@@ -400,7 +413,7 @@ def stage_report(cfg: PipelineConfig, timings: dict[str, float] | None = None) -
         "both rounds (SFT route)": sum(1 for r in scored if r.get("route") == "sft") / n if scored else None,
     }
     acct = _accounting(store)
-    models = {m: model_path(cfg, m) for m in order}
+    models = {m: model_path(cfg, m) or "–" for m in ("base", "sft", "grpo")}
     links = {s: store.uri(s) for s in ("records", "quarantine", "distill", "scored", "sft", "rl", "release", "eval")}
     links["report"] = store.uri("report", "report.md")
     md = render_report(

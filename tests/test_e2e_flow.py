@@ -1,12 +1,16 @@
 """End to end: the finr1-pipeline flow on the embedded profile at reduced size.
 
-Real parts only: the real embedded model served by `transformers serve`, real Prefect
-(ephemeral, in a subprocess through the CLI), real local Ray, real TRL training. A recording
-proxy of our own sits between the pipeline and the model server, so the test checks what the
-server actually received.
+Real parts only: real Prefect (ephemeral, in a subprocess through the CLI), real local Ray, the
+real embedded model trained with TRL and served by a managed `transformers serve` for
+evaluation. DeepSeek-R1 and the 72B judge cannot exist here, so they are a scripted
+OpenAI-compatible HTTP server of our own (tests/judge_server.py): the "teacher" answers about two
+thirds of the items right, with a closed think block, and the "judge" says 1 unless the
+candidate's answer is the wrong one. That makes both routes non-empty, deterministically, and
+lets the test check what the teacher server actually received.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -17,17 +21,19 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from finr1_core.config import REPO_ROOT, embedded_model_dir
-from finr1_core.serving import ManagedServer
+from finr1_core.config import REPO_ROOT, embedded_model_dir, load_config
+from finr1_core.ingest import ingest_sources
+from finr1_core.prompts import build_prompt
 from finr1_core.storage import Store
-from tests.recording_proxy import RecordingProxy
+from tests.judge_server import JudgeServer
 
 pytestmark = pytest.mark.e2e
 
 RUN_ID = "e2e-run"
+WRONG = "ZZZ-wrong"
 
 
-def _finr1(args: list[str], env: dict, timeout: int = 1200) -> subprocess.CompletedProcess:
+def _finr1(args: list[str], env: dict, timeout: int = 1500) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("finr1")
     return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
 
@@ -40,6 +46,25 @@ def _differs(a: dict, b: dict) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k in b)
 
 
+def _good(record_id: str) -> bool:
+    return int(hashlib.sha256(record_id.encode()).hexdigest(), 16) % 3 != 0
+
+
+def _scripted(oracle: dict[str, dict]):
+    """Teacher (R1 stand-in) and judge (72B stand-in) replies, as a function of the prompt."""
+
+    def reply(prompt: str, i: int) -> str:
+        if "<<<CANDIDATE_START>>>" in prompt or "<<<INSTRUCTION_START>>>" in prompt:  # a judge prompt
+            return "判断：" + ("\\boxed{0}" if WRONG in prompt else "\\boxed{1}")
+        rec = next((r for content, r in oracle.items() if content in prompt), None)
+        if rec is None:
+            return "no idea\n</think>\n\nno answer"
+        ans = rec["answer"] if _good(rec["id"]) else WRONG
+        return f"Step 1: read the question.\nStep 2: work it out.\nStep 3: check.\n</think>\n\nThe final answer is \\boxed{{{ans}}}"
+
+    return reply
+
+
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     if not (embedded_model_dir() / ".finr1-ready").exists():
@@ -47,22 +72,26 @@ def e2e(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     storage = tmp / "runs"
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "embedded.yaml").read_text())
+    cfg["limit"] = 4
+    cfg["eval"]["max_rows"] = 6
     env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect"), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PYTHONUNBUFFERED="1")
-    with ManagedServer(model=None) as srv, RecordingProxy(srv.base_url.rsplit("/v1", 1)[0]) as proxy:
-        cfg["serve"] = {"kind": "external"}
-        cfg["teacher"]["endpoints"] = [{"name": "proxy", "base_url": proxy.url + "/v1"}]
-        cfg["judge"]["endpoints"] = [{"name": "local", "base_url": srv.base_url}]
-        cfg["limit"] = 4
+    c = load_config(REPO_ROOT / "configs" / "embedded.yaml", {"limit": 4})
+    records, _ = ingest_sources(c.data.sources, c.limit)
+    oracle = {build_prompt(r, c.prompts)["messages"][0]["content"]: r for r in records}
+    with JudgeServer(_scripted(oracle)) as srv:
+        cfg["teacher"].update(model="deepseek-r1-standin", tokenizer="${EMBEDDED_MODEL}",
+                              endpoints=[{"name": "r1-standin", "base_url": srv.base_url}])
+        cfg["judge"].update(model="qwen72b-standin", mode="chat", endpoints=[{"name": "judge-standin", "base_url": srv.base_url}])
         path = tmp / "e2e.yaml"
         path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
         first = _finr1(["run", "--config", str(path), "--storage", str(storage), "--run-id", RUN_ID], env)
-        received = list(proxy.received)
+        received = list(srv.requests)
         store = Store(str(storage), RUN_ID)
-        before = {st: {e["shard"]: e["committed_at"] for e in store.shards(st)} for st in ("records", "prompts", "distill", "scored", "eval")}
+        before = {st: {e["shard"]: e["committed_at"] for e in store.shards(st)} for st in ("records", "prompts", "distill", "scored", "sft", "rl", "eval")}
         second = _finr1(["run", "--config", str(path), "--storage", str(storage), "--run-id", RUN_ID], env)
-        received_second = proxy.received[len(received):]
-    return dict(first=first, second=second, store=store, received=received, received_second=received_second, before=before, storage=storage)
+        received_second = srv.requests[len(received):]
+    return dict(first=first, second=second, store=store, received=received, received_second=received_second, before=before)
 
 
 def test_flow_completes_with_real_content(e2e):
@@ -90,13 +119,21 @@ def test_flow_completes_with_real_content(e2e):
     assert len(sft) >= 1, "the SFT route is empty"
 
     # every distilled trace starts with the forced "<think>\n", as received by the server
-    teacher_reqs = [r["body"] for r in e2e["received"] if r["path"].endswith("/completions") and r["body"].get("temperature") == 0.6]
-    assert len(teacher_reqs) >= distill
+    teacher_reqs = [r["body"] for r in e2e["received"] if r["body"].get("model") == "deepseek-r1-standin"]
+    assert len(teacher_reqs) == distill  # exactly once per key
+    assert all(b["temperature"] == 0.6 and b["top_p"] == 0.95 for b in teacher_reqs)
     for body in teacher_reqs:
         assert body["prompt"].endswith("<|im_start|>assistant\n<think>\n"), body["prompt"][-80:]
         assert "<|im_start|>system" not in body["prompt"]  # no system prompt
-    for t in store.read_rows("distill"):
-        assert t["text"].startswith("<think>\n")
+    traces = store.read_rows("distill")
+    for t in traces:
+        assert t["text"].startswith("<think>\n") and "</think>" in t["text"]
+    # the routes follow the scripted teacher: right answers with good reasoning go to SFT
+    by_rec = {r["record_id"]: r["route"] for r in rows}
+    assert any(v == "sft" for v in by_rec.values()) and any(v == "rl" for v in by_rec.values())
+    for rid, route in by_rec.items():
+        if not _good(rid):
+            assert route == "rl", rid
 
     # SFT and GRPO checkpoints differ from the base
     base = _weights(str(embedded_model_dir()))
@@ -109,7 +146,6 @@ def test_flow_completes_with_real_content(e2e):
     report = store.read_bytes(store.uri("report", "report.md")).decode()
     for model in ("base", "sft", "grpo"):
         assert f"| {model} |" in report
-    assert "| FinQA |" not in report  # header row, not a source row
     assert "FinQA" in report and "Average" in report
     summary = json.loads(store.read_bytes(store.uri("report", "summary.json")))
     assert set(summary["accuracy"]) == {"base", "sft", "grpo"}
@@ -122,5 +158,5 @@ def test_second_run_skips_completed_stages(e2e):
     store: Store = e2e["store"]
     after = {st: {e["shard"]: e["committed_at"] for e in store.shards(st)} for st in e2e["before"]}
     assert after == e2e["before"]  # no shard rewritten
-    # nothing was sent to the teacher again (eval and report reuse stored results too)
-    assert [r for r in e2e["received_second"] if r["path"].endswith("/completions")] == []
+    # nothing was sent to the teacher or the judge again
+    assert e2e["received_second"] == []
