@@ -183,7 +183,7 @@ def server_up_cmd(
     port: int = typer.Option(4200, "--port", help="Server port on --host"),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (keep loopback unless a proxy with auth is in front)"),
     home: str = typer.Option(None, "--home", help="PREFECT_HOME, PID file and logs (default $FINR1_HOME/prefect)"),
-    teacher_limit: int = typer.Option(4, "--teacher-limit", min=1, help="Tag concurrency limit 'teacher': distill shards at once"),
+    teacher_limit: int = typer.Option(1, "--teacher-limit", min=1, help="Tag concurrency limit 'teacher': distill shards at once (1 suits the embedded CPU server; raise it for vLLM)"),
     redistill_cron: str = typer.Option(None, "--redistill-cron", envvar="FINR1_REDISTILL_CRON", help="Cron (UTC) of the re-distill deployment (default from deployments/prefect.yaml: Mondays 03:00)"),
     deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Run prefect deploy --all"),
 ) -> None:
