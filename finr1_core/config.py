@@ -71,8 +71,9 @@ class ServeConfig(_Strict):
     continuous_batching: bool = True
     # On CPU, continuous batching sizes its paged KV cache from free memory (13.8 GB for the
     # 135M model, measured), so a server holding several checkpoints runs the machine out of
-    # memory. A fixed cache: 512 blocks x 32 tokens = 16k tokens (about 0.4 GB for SmolLM2-135M).
-    cb_num_blocks: int = Field(512, ge=1)
+    # memory. A fixed cache: 2048 blocks x 32 tokens = 64k tokens (about 1.5 GB for SmolLM2-135M);
+    # too few blocks for the streams in flight stalls the server (long FinQA prompts are ~1.5k tokens).
+    cb_num_blocks: int = Field(2048, ge=1)
     cb_block_size: int = Field(32, ge=1)
 
 

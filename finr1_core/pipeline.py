@@ -354,6 +354,21 @@ def stage_grpo(cfg: PipelineConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------- eval
+def eval_sample(rows: list[dict], k: int) -> list[dict]:
+    """Up to ``k`` held-out rows, taken round-robin across sources so every source is scored."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["repo_name"], []).append(r)
+    out: list[dict] = []
+    i = 0
+    while len(out) < k and any(i < len(v) for v in by.values()):
+        for name in sorted(by):
+            if i < len(by[name]) and len(out) < k:
+                out.append(by[name][i])
+        i += 1
+    return out
+
+
 def stage_eval(cfg: PipelineConfig, model: str, base_url: str | None) -> dict:
     from finr1_core.evaluate import evaluate_model
     from finr1_core.judge import AnswerJudge
@@ -367,7 +382,7 @@ def stage_eval(cfg: PipelineConfig, model: str, base_url: str | None) -> dict:
     h = _h(cfg.eval, path, (Path(path) / ".finr1-done.json").read_text() if (Path(path) / ".finr1-done.json").exists() else "")
     if store.shard_committed("eval", model, h):
         return {"model": model, "skipped": True, "rows": next(e["rows"] for e in store.shards("eval") if e["shard"] == model)}
-    heldout = table_to_records(store.read_stage("heldout"))[: cfg.eval.max_rows]
+    heldout = eval_sample(table_to_records(store.read_stage("heldout")), cfg.eval.max_rows)
     rows = [prompt_row(r, build_prompt(r, cfg.prompts)) for r in heldout]
     rows = _prompt_dicts(rows)
     role = cfg.teacher.model_copy(update={"model": path, "tokenizer": path, "endpoints": cfg.eval.endpoints})
@@ -397,7 +412,7 @@ def stage_report(cfg: PipelineConfig, timings: dict[str, float] | None = None) -
     sft, rl = store.read_rows("sft"), store.read_rows("rl")
     rel = (store.stage_manifest("release") or {}).get("summary", {})
     stage_counts = {
-        "records": _rows(store, "records"),
+        "ingest (records)": _rows(store, "records"),
         "quarantine": _rows(store, "quarantine"),
         "heldout": _rows(store, "heldout"),
         "prompts": _rows(store, "prompts"),

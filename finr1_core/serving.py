@@ -47,7 +47,7 @@ class ManagedServer:
         port: int = 0,
         continuous_batching: bool = True,
         startup_timeout_s: float = 180.0,
-        cb_num_blocks: int | None = 512,
+        cb_num_blocks: int | None = 2048,
         cb_block_size: int | None = 32,
         log_path: str | None = None,
     ):

@@ -206,7 +206,7 @@ def _sum(results) -> dict:
 
 
 # --------------------------------------------------------------------------- flows
-@flow(name="finr1-stages", log_prints=True)
+@flow(name="finr1-stages", log_prints=False)
 def finr1_stages(
     run_id: str | None = None,
     start: Stage = "ingest",
@@ -271,7 +271,7 @@ def refresh_release(cfg: dict, distill: dict) -> dict:
     return pointer
 
 
-@flow(name="finr1-redistill", log_prints=True)
+@flow(name="finr1-redistill", log_prints=False)
 def finr1_redistill(
     config: str = "configs/embedded.yaml",
     storage_root: str | None = None,

@@ -64,7 +64,7 @@ def _run_shards(task, cfg: dict, shards: list[str], base_url: str | None) -> tup
     return ok, failed
 
 
-@flow(name="finr1-pipeline", log_prints=True)
+@flow(name="finr1-pipeline", log_prints=False)
 def finr1_pipeline(
     config: str = "configs/embedded.yaml",
     storage_root: str | None = None,
