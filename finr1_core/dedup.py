@@ -121,10 +121,15 @@ def near_dedup(rows: Sequence[dict], *, threshold: float = 0.85, ngram: int = 5,
     # every candidate is confirmed with the estimated Jaccard against the real threshold
     lsh = MinHashLSH(threshold=min(threshold, 0.9), num_perm=num_perm)
     by_gid = {}
+    # Items with different gold answers are different items, however alike their text: the turns
+    # of one ConvFinQA conversation repeat the whole filing and differ only in the last question.
+    gold = {g: rows[first[g][0]].get("gold") for g in gids}
     drop: dict[int, dict] = {}
     for g, m in zip(gids, hashes):
         best, best_j = None, 0.0
         for cand in lsh.query(m):
+            if gold[g] is not None and gold[cand] is not None and str(gold[g]) != str(gold[cand]):
+                continue
             j = m.jaccard(by_gid[cand])
             if j >= threshold and j > best_j:
                 best, best_j = cand, j

@@ -55,3 +55,18 @@ def test_pipeline_reports_every_removal():
     assert len(res.kept) + len(res.removed) == len(rows)
     assert res.counts() == {"exact_dup": 1, "near_dup": 1, "decontam": 1}
     assert [r["key"] for r in res.kept] == ["a", "e"]
+
+
+def test_near_dup_keeps_items_with_different_gold_answers():
+    """ConvFinQA turns repeat the whole filing and differ in the last question and the answer."""
+    from finr1_core.dedup import near_dedup
+
+    context = "In 2019 revenue was $ 1,234 million and in 2018 it was $ 1,100 million. " * 20
+    rows = [
+        {"key": "k1", "record_id": "t0", "question": context + "What was revenue in 2019?", "gold": "1234"},
+        {"key": "k2", "record_id": "t1", "question": context + "What was the change?", "gold": "134"},
+        {"key": "k3", "record_id": "t2", "question": context + "What was revenue in 2019 ?", "gold": "1234"},
+    ]
+    res = near_dedup(rows, threshold=0.85)
+    assert [r["key"] for r in res.kept] == ["k1", "k2"]
+    assert [(r["key"], r["step"], r["matched"]) for r in res.removed] == [("k3", "near_dup", "t0")]
