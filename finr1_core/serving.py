@@ -10,8 +10,10 @@ Production points the config at real vLLM endpoints instead (``serve.kind: exter
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import threading
 import socket
 import subprocess
 import sys
@@ -88,6 +90,7 @@ class ManagedServer:
         self.proc = subprocess.Popen(
             self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+        self._guard_signals()
         deadline = time.monotonic() + self.startup_timeout_s
         url = f"http://{self.host}:{self.port}/health"
         while time.monotonic() < deadline:
@@ -102,7 +105,27 @@ class ManagedServer:
         self.stop()
         raise ServerError(f"model server not healthy after {self.startup_timeout_s:.0f} s; log: {self.log_path}")
 
+    def _guard_signals(self) -> None:
+        """Stop the server also when this process is ended: at exit, and on SIGTERM (a cancelled
+        Prefect run, `kill`), which otherwise ends Python without running ``finally`` blocks."""
+        atexit.register(self.stop)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum, frame):
+            self.stop()
+            if callable(previous) and previous not in (signal.SIG_IGN, signal.SIG_DFL):
+                previous(signum, frame)
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_term)
+        self._previous_sigterm = previous
+
     def stop(self) -> None:
+        if getattr(self, "_previous_sigterm", None) is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         p, self.proc = self.proc, None
         if p is None or p.poll() is not None:
             return

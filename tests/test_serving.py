@@ -53,3 +53,30 @@ def test_managed_server_serves_and_stops_by_pid():
             assert rss_kb < 4 * 1024 * 1024, f"model server uses {rss_kb / 1e6:.1f} GB"
             raise RuntimeError("boom")
     assert not _alive(pid) or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_server_is_stopped_when_its_owner_gets_sigterm(tmp_path):
+    """A cancelled run (SIGTERM to the flow process) must not leave the model server behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "pid"
+    code = (
+        "import time, pathlib\n"
+        "from finr1_core.serving import ManagedServer\n"
+        "with ManagedServer() as srv:\n"
+        f"    pathlib.Path({str(pidfile)!r}).write_text(str(srv.pid))\n"
+        "    time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 120
+    while not pidfile.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    server_pid = int(pidfile.read_text())
+    assert _alive(server_pid)
+    owner.send_signal(signal.SIGTERM)
+    assert owner.wait(timeout=30) != 0
+    time.sleep(1)
+    assert not _alive(server_pid)
