@@ -47,6 +47,28 @@ def load(config_path: str | None = None, run_id: str | None = None, **overrides)
     return cfg
 
 
+def save_run_config(cfg: PipelineConfig) -> None:
+    """Keep the run's resolved config (never secrets: keys stay in the environment) with the run."""
+    store = store_for(cfg)
+    store.write_json(store.uri("config.json"), cfg.public_dict())
+
+
+def load_run_config(storage_root: str, run_id: str) -> PipelineConfig:
+    """The config a run was started with, so a retry redoes exactly the missing work."""
+    store = Store(storage_root, run_id)
+    uri = store.uri("config.json")
+    if not store.exists(uri):
+        raise ValueError(f"no run {run_id!r} under {storage_root} (missing {uri})")
+    return PipelineConfig.model_validate(store.read_json(uri))
+
+
+def pending_shards(cfg: PipelineConfig) -> dict[str, list[str]]:
+    """Per sharded stage, the prompt shards not yet committed."""
+    store = store_for(cfg)
+    shards = [e["shard"] for e in store.shards("prompts")]
+    return {st: [s for s in shards if not store.shard_committed(st, s)] for st in ("distill", "scored")}
+
+
 def store_for(cfg: PipelineConfig) -> Store:
     if not cfg.run_id:
         raise ValueError("run_id is not set")

@@ -79,11 +79,26 @@ def run(
 @app.command("retry-failed")
 def retry_failed(
     run_id: str = typer.Argument(..., help="The run whose failed shards to redo"),
-    config: str = typer.Option(None, "--config"),
-    storage: str = typer.Option(None, "--storage"),
+    storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under"),
+    stop_after: str = typer.Option(None, "--stop-after", help="Stop after this stage"),
 ) -> None:
-    """Re-run a run: committed shards are skipped, only failed or missing ones are redone."""
-    _run_flow(config, storage, None, run_id, None)
+    """Re-run a run with the config it was started with: committed shards are skipped, only the
+    failed or missing ones are redone (no response is paid for twice)."""
+    import tempfile
+
+    import yaml
+
+    from finr1_core import pipeline
+
+    try:
+        cfg = pipeline.load_run_config(storage, run_id)
+    except ValueError as e:
+        fail(str(e))
+    for stage, missing in pipeline.pending_shards(cfg).items():
+        console.print(f"{stage}: {len(missing)} shard(s) to redo{': ' + ', '.join(missing) if missing else ''}")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"finr1-{run_id}-", delete=False) as f:
+        yaml.safe_dump(cfg.public_dict(), f, allow_unicode=True)
+    _run_flow(f.name, storage, None, run_id, stop_after)
 
 # ---------------------------------------------------------------- ingest (issue 3): sources, ingest
 @app.command("sources")

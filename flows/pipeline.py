@@ -90,6 +90,7 @@ def finr1_pipeline(
     stages = bound_stages(c.storage_root)  # noqa: F811 - the same tasks, results under the storage root
     cfg = c.public_dict()
     log.info("run %s, storage %s, profile %s", c.run_id, c.storage_root, c.profile)
+    pipeline.save_run_config(c)  # what `finr1 retry-failed RUN_ID` re-runs with
     timings: dict[str, float] = {}
 
     def t(name, fn, *a):
@@ -110,10 +111,11 @@ def finr1_pipeline(
         failed.update({f"score:{k}": v for k, v in score_failed.items()})
         if failed:
             md = "## Failed shards\n\n| shard | reason |\n|---|---|\n" + "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in failed.items())
-            md += f"\n\nRetry only these: `finr1 retry-failed {c.run_id}` or `prefect flow-run retry <flow-run-id>`."
+            retry = f"finr1 retry-failed {c.run_id}" + ("" if c.storage_root == "runs" else f" --storage {c.storage_root}")
+            md += f"\n\nRetry only these: `{retry}` or `prefect flow-run retry <flow-run-id>`."
             create_markdown_artifact(key="failed-shards", markdown=md, description="Shards that failed in this run")
             log.error("%d shard(s) failed: %s", len(failed), failed)
-            return Failed(message=f"{len(failed)} of {len(shards)} shard(s) failed; completed shards are kept. Retry: finr1 retry-failed {c.run_id}")
+            return Failed(message=f"{len(failed)} of {len(shards)} shard(s) failed; completed shards are kept. Retry: {retry}")
         stages.finish_stage(cfg, "distill", shards, pipeline.distill_hash(c))
         stages.finish_stage(cfg, "scored", shards, pipeline.score_hash(c))
         stages.stage_summary(cfg)  # ops (issue 6): rows in/out, pass rates, tokens, cost; Parquet paths
