@@ -8,6 +8,7 @@ manifests (which survive anything, including a new Prefect database).
 """
 from __future__ import annotations
 
+import math
 import time
 
 from prefect import get_run_logger, task
@@ -76,7 +77,7 @@ def distill_shard(cfg: dict, shard: str, base_url: str | None) -> dict:
         elif now - state["t"] > 1.0 or done == total:
             update_progress_artifact(artifact_id=state["id"], progress=pct)
         if now - state["t"] > 5.0 or done == total:
-            eta = f"{eta_s:.0f}s" if eta_s is not None else "?"
+            eta = f"{eta_s:.0f}s" if eta_s is not None and math.isfinite(eta_s) else "?"
             log.info("distill %s: %d/%d rows, %.1f tok/s, ETA %s", shard, done, total, tok_s, eta)
             state["t"] = now
 
