@@ -58,7 +58,7 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
     if out.get("report"):
         console.print(f"report:   {out['report']}")
         console.print(f"datasets: {out['storage']}/release (sft/rl parquet + README card), {out['storage']}/sft, {out['storage']}/rl")
-        console.print(f"models:   {out['storage']}/models/sft, {out['storage']}/models/grpo")
+        console.print(f"models:   {out['storage']}/models/ (sft, grpo; the report says if a stage trained nothing)")
         for k, v in (out.get("timings") or {}).items():
             console.print(f"  {k:<8} {v:7.1f} s")
     console.print(f"total:    {time.time() - t0:.1f} s")
