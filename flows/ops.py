@@ -117,12 +117,12 @@ def _shards(task, cfg: dict, shards: list[str], base_url: str | None) -> tuple[d
     return ok, failed
 
 
-def _failed_artifact(run_id: str, failed: dict[str, str], total: int) -> str:
+def _failed_artifact(c, failed: dict[str, str], total: int) -> str:
+    retry = f"finr1 retry-failed {c.run_id}" + ("" if c.storage_root == "runs" else f" --storage {c.storage_root}")
     md = "## Failed shards\n\n| shard | reason |\n|---|---|\n" + "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in failed.items())
-    md += (f"\n\nCompleted shards are kept. Retry only these: `prefect flow-run retry <flow-run-id>` "
-           f"(or the UI's Retry), or `finr1 retry-failed {run_id}`.")
+    md += f"\n\nCompleted shards are kept. Retry only these: `prefect flow-run retry <flow-run-id>` (or the UI's Retry), or `{retry}`."
     create_markdown_artifact(key="failed-shards", markdown=md, description="Shards that failed in this run")
-    return f"{len(failed)} of {total} shard(s) failed; completed shards are kept. Retry the flow run."
+    return f"{len(failed)} of {total} shard(s) failed; completed shards are kept. Retry: {retry}, or retry the flow run."
 
 
 def run_range(c, cfg: dict, t: SimpleNamespace, start: str, stop: str, shards: list[str] | None = None,
@@ -174,7 +174,7 @@ def run_range(c, cfg: dict, t: SimpleNamespace, start: str, stop: str, shards: l
             _, score_failed = timed("score", _shards, t.score_shard, cfg, ok, base_url)
             failed.update({f"score:{k}": v for k, v in score_failed.items()})
         if failed:
-            msg = _failed_artifact(c.run_id, failed, len(todo))
+            msg = _failed_artifact(c, failed, len(todo))
             log.error("%d shard(s) failed: %s", len(failed), failed)
             return Failed(message=msg)
         if not partial and "distill" in rng:
