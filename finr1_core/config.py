@@ -59,6 +59,9 @@ class EndpointConfig(_Strict):
     name: str
     base_url: str | None = Field(None, description="OpenAI-compatible base URL; null = the managed local server")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key")
+    api_key_secret: str | None = Field(
+        None, description="Prefect Secret block holding the API key; resolved by the Prefect task, the environment variable wins"
+    )
 
 
 class ServeConfig(_Strict):

@@ -31,7 +31,26 @@ STAGE_OPTS = dict(retries=1, retry_delay_seconds=5, persist_result=True, cache_p
 
 
 def _cfg(cfg: dict) -> PipelineConfig:
-    return PipelineConfig.model_validate(cfg)
+    return resolve_secrets(PipelineConfig.model_validate(cfg))
+
+
+def resolve_secrets(c: PipelineConfig) -> PipelineConfig:
+    """Endpoints whose key lives in a Prefect Secret block: load it into this process's environment
+    (never into the config, a result, a log or a file) under the endpoint's ``api_key_env``.
+    A key already in the environment wins."""
+    import os
+
+    for role in (c.teacher, c.judge):
+        for e in role.endpoints:
+            if not e.api_key_secret:
+                continue
+            var = e.api_key_env or f"FINR1_API_KEY_{''.join(ch if ch.isalnum() else '_' for ch in e.name).upper()}"
+            e.api_key_env = var
+            if not os.environ.get(var):
+                from prefect.blocks.system import Secret
+
+                os.environ[var] = Secret.load(e.api_key_secret).get()
+    return c
 
 
 def _key(s: str) -> str:

@@ -59,7 +59,8 @@ class JudgeServer:
                     return self._send(404, {"error": {"message": "not found"}})
                 with outer._lock:
                     idx = len(outer.requests)
-                    rec = {"path": self.path, "body": body, "prompt": prompt, "status": 200}
+                    rec = {"path": self.path, "body": body, "prompt": prompt, "status": 200,
+                           "authorization": self.headers.get("Authorization")}
                     outer.requests.append(rec)
                 out = outer.reply(prompt, idx)
                 if isinstance(out, tuple):
