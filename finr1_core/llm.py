@@ -507,14 +507,6 @@ def endpoints_from_role(role: Any, default_base_url: str | None = None, api_keys
     return out
 
 
-def wait_backoff(attempt: int, base: float = 0.5, cap: float = 20.0) -> float:
-    return min(cap, base * 2 ** (attempt - 1)) * (0.5 + random.random())
-
-
-def monotonic() -> float:
-    return time.monotonic()
-
-
 def per_worker(limit: float | None, workers: int) -> float | None:
     """Split a global limit evenly across ``workers`` clients (rounded up for concurrency caps)."""
     if limit is None:

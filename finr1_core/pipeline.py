@@ -23,18 +23,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from finr1_core.config import PipelineConfig, finr1_home, load_config
-from finr1_core.llm import Endpoint, LLMClient, Sampling, api_key_from_env
+from finr1_core.llm import Endpoint, LLMClient, Sampling, endpoints_from_role
 from finr1_core.storage import Store, config_hash
-
-STAGES = ["ingest", "prompts", "distill", "score", "split", "sft", "grpo", "eval", "report"]
-
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -81,13 +76,7 @@ def _h(*parts) -> str:
 
 def endpoints_for(role, base_url: str | None) -> list[Endpoint]:
     """Endpoints of a role; an endpoint without ``base_url`` is the managed local server."""
-    eps = []
-    for e in role.endpoints:
-        url = e.base_url or base_url
-        if not url:
-            raise ValueError(f"endpoint {e.name!r} has no base_url and no managed server is running")
-        eps.append(Endpoint(name=e.name, base_url=url, api_key=api_key_from_env(e.api_key_env)))
-    return eps
+    return endpoints_from_role(role, base_url)
 
 
 def client_for(role, base_url: str | None, max_retries: int | None = None) -> LLMClient:
@@ -422,7 +411,8 @@ def stage_eval(cfg: PipelineConfig, model: str, base_url: str | None) -> dict:
 # ----------------------------------------------------------------------------- report
 def stage_report(cfg: PipelineConfig, timings: dict[str, float] | None = None) -> dict:
     from finr1_core.evaluate import accuracy_table
-    from finr1_core.report import distribution_table, render_report
+    from finr1_core.release import distribution_table
+    from finr1_core.report import render_report
 
     store = store_for(cfg)
     results: dict[str, list[dict]] = {}
@@ -459,7 +449,7 @@ def stage_report(cfg: PipelineConfig, timings: dict[str, float] | None = None) -
         profile=cfg.profile,
         stage_counts=stage_counts,
         accuracy=acc,
-        distribution=distribution_table([r["repo_name"] for r in sft + rl], "Rows (SFT + RL)"),
+        distribution=distribution_table({"sft": sft, "rl": rl}),
         route_counts={"sft": len(sft), "rl": len(rl)},
         pass_rates=pass_rates,
         accounting=acct,
@@ -486,9 +476,3 @@ def _accounting(store: Store) -> dict:
         ct += int(x.get("completion_tokens", 0))
         cost += float(x.get("cost_usd", 0.0))
     return {"prompt tokens": pt, "completion tokens": ct, "cost (USD)": round(cost, 4)}
-
-
-def timed(fn, *a, **k):
-    t0 = time.time()
-    out = fn(*a, **k)
-    return out, time.time() - t0

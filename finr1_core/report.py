@@ -2,7 +2,6 @@
 stage row counts, pass rates, tokens and cost, and links to every dataset written."""
 from __future__ import annotations
 
-from collections import Counter
 from typing import Iterable
 
 FIN_R1_REFERENCE = {
@@ -38,14 +37,6 @@ def results_table(acc: dict[str, dict[str, float | None]], include_reference: bo
         for m, ref in FIN_R1_REFERENCE.items():
             rows.append([m] + [ref.get(c) for c in cols])
     return md_table(["Model"] + cols, rows)
-
-
-def distribution_table(repo_names: Iterable[str], title_col: str = "Rows") -> str:
-    c = Counter(repo_names)
-    total = sum(c.values())
-    rows = [[k, v, f"{v / total:.1%}" if total else "–"] for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))]
-    rows.append(["**Total**", total, "100%" if total else "–"])
-    return md_table(["Source", title_col, "Share"], rows)
 
 
 def render_report(

@@ -63,13 +63,13 @@ def ingest(cfg: dict) -> dict:
     c = _cfg(cfg)
     out = pipeline.stage_ingest(c)
     store = pipeline.store_for(c)
-    from finr1_core.report import distribution_table
+    from finr1_core.ingest import distribution_table
+    from finr1_core.records import table_to_records
 
-    recs = store.read_stage("records")
-    names = recs.column("repo_name").to_pylist() if recs.num_rows else []
     create_markdown_artifact(
         key="ingest-distribution",
-        markdown="## Ingested records per source\n\n" + distribution_table(names) + f"\n\nQuarantined: {pipeline._rows(store, 'quarantine')}",
+        markdown="## Ingested records per source (training rows; held-out rows excluded)\n\n"
+        + distribution_table(table_to_records(store.read_stage("records")), store.read_rows("quarantine")),
         description="Records per source after ingest",
     )
     get_run_logger().info("ingest: %s records, skipped=%s", out["rows"], out["skipped"])
