@@ -462,3 +462,30 @@ def release_dataset(scored_rows: Sequence[dict], out_uri: str, *, removals: Iter
     files.update(card=join(out_uri, "README.md"), distribution=join(out_uri, "distribution.md"),
                  removals=join(out_uri, "removals.jsonl"), stats=join(out_uri, "stats.json"))
     return {"name": name, "uri": out_uri, "counts": {k: len(v) for k, v in splits.items()}, "files": files, "stats": stats}
+
+
+def refresh_latest(store, distill: dict) -> dict:
+    """Copy the run's release to ``<storage_root>/_release/latest/`` and point
+    ``<storage_root>/_release/latest.json`` at the run (written last)."""
+    from datetime import datetime, timezone
+
+    from finr1_core.storage import join
+
+    src = store.uri("release")
+    if not store.exists(src):
+        raise RuntimeError(f"run {store.run_id} has no release at {src}")
+    latest = join(store.root, "_release", "latest")
+    fs = store.fs
+    if fs.exists(store.fs_path(latest)):
+        fs.rm(store.fs_path(latest), recursive=True)
+    files = list(fs.find(store.fs_path(src)))
+    for p in files:
+        rel = p[len(store.fs_path(src)):].lstrip("/")
+        dst = store.fs_path(join(latest, rel))
+        if store.is_local:
+            fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(dst, fs.cat_file(p))
+    pointer = {"run_id": store.run_id, "release": src, "latest": latest, "files": len(files),
+               "refreshed_at": datetime.now(timezone.utc).isoformat(), "distill": distill}
+    store.write_json(join(store.root, "_release", "latest.json"), pointer)
+    return pointer

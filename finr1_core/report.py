@@ -100,3 +100,48 @@ def render_report(
         "",
     ]
     return "\n".join(parts)
+
+
+def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, str]) -> dict:
+    """Gather a run's figures from its store, write ``report/report.md`` and ``report/summary.json``."""
+    from finr1_core.evaluate import accuracy_table
+    from finr1_core.release import distribution_table
+
+    results = {e["shard"]: store.read_shard("eval", e["shard"]).to_pylist() for e in store.shards("eval")}
+    order = [m for m in ("base", "sft", "grpo") if m in results] + [m for m in results if m not in ("base", "sft", "grpo")]
+    acc = accuracy_table({m: results[m] for m in order})
+    scored = store.read_rows("scored")
+    sft, rl = store.read_rows("sft"), store.read_rows("rl")
+    rel = (store.stage_manifest("release") or {}).get("summary", {})
+    rows = {st: sum(e["rows"] for e in store.shards(st)) for st in ("records", "quarantine", "heldout", "prompts", "distill", "scored")}
+    stage_counts = {"ingest (records)": rows["records"], **{k: rows[k] for k in ("quarantine", "heldout", "prompts", "distill", "scored")},
+                    "sft": len(sft), "rl": len(rl)}
+    n = len(scored) or 1
+    pass_rates = {
+        "round 1: answer correct (rule or judge)": sum(1 for r in scored if r.get("answer_correct")) / n if scored else None,
+        "round 2: reasoning judge = 1": sum(1 for r in scored if r.get("reasoning_judge") == 1) / n if scored else None,
+        "both rounds (SFT route)": sum(1 for r in scored if r.get("route") == "sft") / n if scored else None,
+    }
+    acct = token_accounting(store)
+    links = {s: store.uri(s) for s in ("records", "quarantine", "distill", "scored", "sft", "rl", "release", "eval")}
+    links["report"] = store.uri("report", "report.md")
+    md = render_report(
+        run_id=cfg.run_id, storage_root=cfg.storage_root, profile=cfg.profile, stage_counts=stage_counts, accuracy=acc,
+        distribution=distribution_table({"sft": sft, "rl": rl}), route_counts={"sft": len(sft), "rl": len(rl)},
+        pass_rates=pass_rates, accounting=acct, removed=rel.get("removed", {}), links=links, timings=timings, models=models,
+    )
+    store.write_text(store.uri("report", "report.md"), md)
+    store.write_json(store.uri("report", "summary.json"), {"accuracy": acc, "stage_counts": stage_counts, "pass_rates": pass_rates, "accounting": acct})
+    return {"report": store.uri("report", "report.md"), "accuracy": acc, "stage_counts": stage_counts, "markdown": md}
+
+
+def token_accounting(store) -> dict:
+    """Tokens and cost of the teacher, summed over the committed distill shards."""
+    pt = ct = 0
+    cost = 0.0
+    for e in store.shards("distill"):
+        x = e.get("extra", {})
+        pt += int(x.get("prompt_tokens", 0))
+        ct += int(x.get("completion_tokens", 0))
+        cost += float(x.get("cost_usd", 0.0))
+    return {"prompt tokens": pt, "completion tokens": ct, "cost (USD)": round(cost, 4)}

@@ -88,9 +88,15 @@ class Store:
     def uri(self, *parts: str) -> str:
         return join(self.base, *parts)
 
-    def _p(self, uri: str) -> str:
-        """Filesystem path (no protocol) for fs calls."""
+    def fs_path(self, uri: str) -> str:
+        """Filesystem path (no protocol) of ``uri``, for calls on ``self.fs``."""
         return self.fs._strip_protocol(uri)
+
+    _p = fs_path
+
+    @property
+    def is_local(self) -> bool:
+        return self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol or ())
 
     def stage_uri(self, stage: str) -> str:
         return self.uri(stage)

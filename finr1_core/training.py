@@ -218,24 +218,3 @@ def _save(trainer, tok, output_dir: str) -> None:
         import shutil
 
         shutil.rmtree(p, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> None:  # pragma: no cover - exercised via accelerate launch
-    """``python -m finr1_core.training sft|grpo --config FILE --run-id RUN`` (for accelerate/DeepSpeed)."""
-    import argparse
-
-    from finr1_core import pipeline
-
-    ap = argparse.ArgumentParser(prog="python -m finr1_core.training")
-    ap.add_argument("stage", choices=["sft", "grpo"])
-    ap.add_argument("--config", default=None)
-    ap.add_argument("--run-id", required=True)
-    a = ap.parse_args(argv)
-    cfg = pipeline.load(a.config, run_id=a.run_id)
-    fn = pipeline.stage_sft if a.stage == "sft" else pipeline.stage_grpo
-    print(json.dumps(fn(cfg), default=str))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()

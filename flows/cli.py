@@ -88,13 +88,13 @@ def retry_failed(
 
     import yaml
 
-    from finr1_core import pipeline
+    from finr1_core import stages
 
     try:
-        cfg = pipeline.load_run_config(storage, run_id)
+        cfg = stages.load_run_config(storage, run_id)
     except ValueError as e:
         fail(str(e))
-    for stage, missing in pipeline.pending_shards(cfg).items():
+    for stage, missing in stages.pending_shards(cfg).items():
         console.print(f"{stage}: {len(missing)} shard(s) to redo{': ' + ', '.join(missing) if missing else ''}")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"finr1-{run_id}-", delete=False) as f:
         yaml.safe_dump(cfg.public_dict(), f, allow_unicode=True)
@@ -203,7 +203,7 @@ def server_up_cmd(
     deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Run prefect deploy --all"),
 ) -> None:
     """Start `prefect server` (SQLite, or Postgres via PREFECT_API_DATABASE_CONNECTION_URL), the pool, a worker; deploy."""
-    from flows.ops import server_up
+    from flows.server import server_up
 
     try:
         st = server_up(host=host, port=port, home=home, teacher_limit=teacher_limit, redistill_cron=redistill_cron, deploy=deploy,
@@ -217,7 +217,7 @@ def server_up_cmd(
 @server_app.command("down")
 def server_down_cmd(home: str = typer.Option(None, "--home", help="As given to `finr1 server up`")) -> None:
     """Stop the worker and the server started by `finr1 server up`, by PID."""
-    from flows.ops import server_down
+    from flows.server import server_down
 
     server_down(home=home, log=lambda m: console.print(m, highlight=False, markup=False))
 # ---------------------------------------------------------------- end ops

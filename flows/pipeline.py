@@ -1,11 +1,12 @@
-"""The ``finr1-pipeline`` flow: sources to a trained, evaluated, servable model.
+"""The ``finr1-pipeline`` flow: public finance datasets to a trained, evaluated model.
 
-ingest → prompts → distill (one task per shard, Ray inside) → score (one task per shard)
-→ split + release → SFT → GRPO → evaluate {base, sft, grpo} → report.
+    data -> distill_score -> filter -> train -> evaluate (+ report)
 
-If any shard fails, the others still finish and are kept; the flow stops before the split,
-publishes a summary of the failed shards and their reasons, and ends Failed. Re-running the same
-run (``finr1 retry-failed RUN_ID`` or ``prefect flow-run retry``) redoes only what is missing.
+Each step is a phase flow of its own (``flows/phases.py``). The embedded model server, when the
+config uses one, is opened once and shared by the phases that talk to it. If any shard fails, the
+others still finish and are kept; the flow publishes a ``failed-shards`` artifact and ends Failed.
+Re-running the same run (``finr1 retry-failed RUN_ID`` or ``prefect flow-run retry``) redoes only
+what is missing.
 """
 from __future__ import annotations
 
@@ -17,41 +18,20 @@ from typing import Iterator, Literal
 # two threads resolving `from transformers import AutoTokenizer` at once raised ImportError.
 from transformers import AutoTokenizer  # noqa: F401
 
-from prefect import flow, get_run_logger
+from prefect import flow
+from prefect.states import Failed
 
-from finr1_core import pipeline
+from finr1_core import stages
 from finr1_core.config import PipelineConfig
-from finr1_core.serving import ManagedServer
+from flows.phases import data, distill_score, evaluate_models, filter_release, train
+from flows.runs import model_server, open_run
 
-
-@contextlib.contextmanager
-def model_server(cfg: PipelineConfig) -> Iterator[str | None]:
-    """The embedded profile's managed server (stopped by PID on exit, failure or Ctrl-C);
-    ``None`` for external endpoints (production vLLM)."""
-    if cfg.serve.kind != "managed":
-        yield None
-        return
-    log = get_run_logger()
-    srv = ManagedServer(host=cfg.serve.host, port=cfg.serve.port, continuous_batching=cfg.serve.continuous_batching,
-                        startup_timeout_s=cfg.serve.startup_timeout_s, cb_num_blocks=cfg.serve.cb_num_blocks, cb_block_size=cfg.serve.cb_block_size)
-    t0 = time.time()
-    srv.start()
-    log.info("model server up at %s (pid %s, %.1f s, log %s)", srv.base_url, srv.pid, time.time() - t0, srv.log_path)
-    try:
-        yield srv.base_url
-    finally:
-        srv.stop()
-        log.info("model server stopped")
+StopAfter = Literal["ingest", "prompts", "distill", "score", "split", "sft", "grpo", "eval"]
 
 
 @flow(name="finr1-pipeline", log_prints=False)
-def finr1_pipeline(
-    config: str = "configs/embedded.yaml",
-    storage_root: str | None = None,
-    limit: int | None = None,
-    run_id: str | None = None,
-    stop_after: Literal["ingest", "prompts", "distill", "score", "split", "sft", "grpo", "eval"] | None = None,
-):
+def finr1_pipeline(config: str = "configs/embedded.yaml", storage_root: str | None = None, limit: int | None = None,
+                   run_id: str | None = None, stop_after: StopAfter | None = None):
     """Run the Fin-R1 recipe end to end.
 
     Args:
@@ -61,11 +41,41 @@ def finr1_pipeline(
         run_id: Resume or retry an existing run; a new id is made when empty.
         stop_after: Stop after this stage (ingest, prompts, distill, score, split, sft, grpo, eval).
     """
-    # ops (issue 6): a run id that survives `prefect flow-run retry`, and task results persisted
-    # under the storage root (s3: a saved RemoteFileSystem block). See flows/ops.py.
-    from flows.ops import bound_stages, default_run_id, run_range
+    cfg = open_run(config, run_id, storage_root, limit)
+    stages.save_run_config(PipelineConfig.model_validate(cfg))  # what `finr1 retry-failed RUN_ID` re-runs with
+    run = dict(config=config, run_id=cfg["run_id"], storage_root=cfg["storage_root"], limit=cfg["limit"])
+    out = {"run_id": cfg["run_id"], "storage": stages.store_for(PipelineConfig.model_validate(cfg)).base, "timings": {}}
+    t = out["timings"]
 
-    c = pipeline.load(config, run_id=run_id or default_run_id(), storage_root=storage_root, limit=limit)
-    get_run_logger().info("run %s, storage %s, profile %s", c.run_id, c.storage_root, c.profile)
-    pipeline.save_run_config(c)  # what `finr1 retry-failed RUN_ID` re-runs with
-    return run_range(c, c.public_dict(), bound_stages(c.storage_root), "ingest", stop_after or "report")
+    with model_server(cfg) as url:
+        with timed(t, "data"):
+            data(**run, stop_after="ingest" if stop_after == "ingest" else None)
+        if stop_after in ("ingest", "prompts"):
+            return out
+        with timed(t, "distill + score"):
+            shards = distill_score(**run, score=stop_after != "distill", base_url=url, return_state=True)
+        if shards.is_failed():
+            return Failed(message=shards.message)
+        out["distill"] = shards.result()
+        if stop_after in ("distill", "score"):
+            return out
+        with timed(t, "filter + release"):
+            out["split"] = filter_release(**run)
+        if stop_after == "split":
+            return out
+        with timed(t, "train"):
+            out.update(train(**run, stop_after="sft" if stop_after == "sft" else None))
+        if stop_after in ("sft", "grpo"):
+            return out
+        out["report"] = evaluate_models(**run, base_url=url, timings=out["timings"])["report"]
+    return out
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` block to ``timings[name]``."""
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.time() - t0, 1)

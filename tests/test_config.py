@@ -62,7 +62,7 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path):
 
 
 def test_secrets_come_from_env_and_never_reach_the_config(monkeypatch):
-    from finr1_core.pipeline import endpoints_for
+    from finr1_core.llm import endpoints_from_role as endpoints_for
 
     monkeypatch.setenv("FINR1_TEACHER_API_KEY", "sk-very-secret")
     prod = load_config(REPO_ROOT / "configs" / "production.yaml")

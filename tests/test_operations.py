@@ -183,7 +183,7 @@ def ops(tmp_path_factory):
 
 
 def _group_alive(pgid: int) -> bool:
-    from flows.ops import _group
+    from flows.server import _group
 
     return bool(_group(pgid))
 
@@ -201,11 +201,11 @@ def test_server_up_pool_limit_and_deployments(ops):
     flows = {f["id"]: f["name"] for f in ops.post("/flows/filter", {})}
     deps = {f"{flows[d['flow_id']]}/{d['name']}": d for d in ops.post("/deployments/filter", {})}
     assert set(deps) == {
-        "finr1-pipeline/embedded", "finr1-pipeline/production", "finr1-stages/distill", "finr1-stages/verify-judge-release",
-        "finr1-stages/train", "finr1-stages/evaluate", "finr1-redistill/re-distill",
+        "finr1-pipeline/embedded", "finr1-pipeline/production", "finr1-pipeline/distill", "finr1-pipeline/verify-judge-release",
+        "finr1-distill-score/shards", "finr1-train/train", "finr1-evaluate/evaluate", "finr1-redistill/re-distill",
     }
     assert deps["finr1-pipeline/production"]["parameters"]["config"] == "configs/production.yaml"
-    assert deps["finr1-stages/train"]["parameters"] == {"config": "configs/embedded.yaml", "start": "sft", "stop": "grpo"}
+    assert deps["finr1-train/train"]["parameters"] == {"config": "configs/embedded.yaml"}
     # the UI's run form: every parameter has a type and a description
     for name, d in deps.items():
         props = d["parameter_openapi_schema"]["properties"]
@@ -214,7 +214,7 @@ def test_server_up_pool_limit_and_deployments(ops):
             assert spec.get("type") or spec.get("anyOf") or spec.get("enum"), f"{name}: parameter {p} has no type"
     stop_after = deps["finr1-pipeline/embedded"]["parameter_openapi_schema"]["properties"]["stop_after"]
     assert {"score", "split", "eval"} <= set(stop_after["anyOf"][0]["enum"])
-    assert deps["finr1-stages/distill"]["work_pool_name"] == "finr1-process"
+    assert deps["finr1-pipeline/distill"]["work_pool_name"] == "finr1-process"
 
 
 def test_scheduler_creates_redistill_runs(ops):
@@ -270,7 +270,7 @@ def test_shell_trigger_runs_to_completed_with_artifacts_and_results(ops):
 
 def test_verify_judge_release_deployment_reuses_persisted_results(ops):
     judged = len(ops.judge.requests())
-    fr_id = ops.run_deployment("finr1-stages/verify-judge-release", config=ops.cfg_path, run_id="ops-1")
+    fr_id = ops.run_deployment("finr1-pipeline/verify-judge-release", config=ops.cfg_path, run_id="ops-1")
     fr = ops.wait(fr_id)
     assert fr["state_type"] == "COMPLETED", ops.flow_log(fr_id) + ops.worker_log()
     # the score shards of the earlier flow run are cache hits from the results persisted on S3

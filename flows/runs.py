@@ -1,0 +1,108 @@
+"""What every finr1 flow does first: name the run, persist task results under the storage root,
+and (for stages that talk to the embedded model) own the managed model server."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from prefect import get_run_logger
+from prefect.context import FlowRunContext
+
+from finr1_core import stages
+from finr1_core.config import PipelineConfig
+from finr1_core.serving import ManagedServer
+from finr1_core.storage import join
+
+RESULTS_DIR = "_prefect-results"
+
+
+def default_run_id() -> str:
+    """A run id for this flow run when none was given: ``YYYYmmdd-HHMMSS-<flow run id[:6]>``.
+
+    It depends only on the flow run (creation time and id), so a retry of the same flow run
+    (``prefect flow-run retry``, the UI's Retry) works on the same storage and reuses every
+    committed shard and persisted task result. Outside a flow run: a fresh id."""
+    ctx = FlowRunContext.get()
+    fr = ctx.flow_run if ctx else None
+    if fr is None:
+        return stages.new_run_id()
+    created = fr.created or fr.expected_start_time or datetime.now(timezone.utc)
+    return created.astimezone(timezone.utc).strftime("%Y%m%d-%H%M%S-") + fr.id.hex[:6]
+
+
+def _is_remote(root: str) -> bool:
+    return "://" in root and not root.startswith(("file://", "local://"))
+
+
+@lru_cache(maxsize=16)
+def result_storage_for(storage_root: str):
+    """The saved block that persists task results under ``<storage_root>/_prefect-results``.
+
+    ``s3://`` (or any remote fsspec URI): a ``RemoteFileSystem`` block. Credentials are never
+    stored in it: s3fs reads them from the worker's environment, and a non-default endpoint
+    (MinIO, moto) from ``AWS_ENDPOINT_URL``. Local roots: a ``LocalFileSystem`` block on the
+    absolute path. The block is named after a hash of its base path and saved idempotently, so
+    any process with the same credentials can read a result back."""
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    if _is_remote(storage_root):
+        base = join(storage_root, RESULTS_DIR)
+        settings = {}
+        if storage_root.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+            settings = {"client_kwargs": {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}}
+        block = RemoteFileSystem(basepath=base, settings=settings)
+    else:
+        local = storage_root[len("file://"):] if storage_root.startswith("file://") else storage_root
+        base = str((Path(local).expanduser() / RESULTS_DIR).resolve())
+        block = LocalFileSystem(basepath=base)
+    block.save("finr1-results-" + hashlib.sha256(base.encode()).hexdigest()[:10], overwrite=True)
+    return block
+
+
+def open_run(config: str, run_id: str | None, storage_root: str | None = None, limit: int | None = None) -> dict:
+    """Load and validate the config of run ``run_id`` (a new id when empty), persist this flow's
+    task results under its storage root, and return the config as the dict tasks take.
+
+    Every task and subflow started after this call inherits the result storage from this flow
+    run's result store, so a cache hit of an earlier flow run is found there."""
+    c = stages.load(config, run_id=run_id or default_run_id(), storage_root=storage_root, limit=limit)
+    ctx = FlowRunContext.get()
+    if ctx is not None:
+        ctx.result_store = ctx.result_store.model_copy(update={"result_storage": result_storage_for(c.storage_root)})
+    get_run_logger().info("run %s, storage %s, profile %s", c.run_id, c.storage_root, c.profile)
+    return c.public_dict()
+
+
+def require_run_id(run_id: str | None, phase: str) -> str:
+    if not run_id:
+        raise ValueError(f"the {phase} phase works on an existing run: give its run_id")
+    return run_id
+
+
+@contextlib.contextmanager
+def model_server(cfg: dict | PipelineConfig, base_url: str | None = None) -> Iterator[str | None]:
+    """The managed model server's URL for the embedded profile: ``base_url`` when the caller
+    already owns one, else a server started here and stopped on exit, failure or Ctrl-C;
+    ``None`` for external endpoints (production vLLM)."""
+    c = cfg if isinstance(cfg, PipelineConfig) else PipelineConfig.model_validate(cfg)
+    if base_url or c.serve.kind != "managed":
+        yield base_url
+        return
+    log = get_run_logger()
+    s = c.serve
+    srv = ManagedServer(host=s.host, port=s.port, continuous_batching=s.continuous_batching, startup_timeout_s=s.startup_timeout_s,
+                        cb_num_blocks=s.cb_num_blocks, cb_block_size=s.cb_block_size)
+    t0 = time.time()
+    srv.start()
+    log.info("model server up at %s (pid %s, %.1f s, log %s)", srv.base_url, srv.pid, time.time() - t0, srv.log_path)
+    try:
+        yield srv.base_url
+    finally:
+        srv.stop()
+        log.info("model server stopped")

@@ -1,0 +1,46 @@
+"""What every finr1 task shares: the config as a plain dict, secrets, artifact keys, options.
+
+Tasks take the validated config as a JSON-able dict, so Prefect can hash it for its cache and
+show it in the UI. Completed work is skipped twice over: Prefect's persisted results (cache policy
+``INPUTS + TASK_SOURCE``, which survives new flow runs, unlike the default) and the store's
+manifests (which survive anything, including a new Prefect database).
+"""
+from __future__ import annotations
+
+import os
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from finr1_core.config import PipelineConfig
+
+# The managed server's URL changes every run: it must not be part of any cache key.
+CACHE = (INPUTS - "base_url") + TASK_SOURCE
+SHARD_OPTS = dict(retries=2, retry_delay_seconds=[2, 10], persist_result=True, cache_policy=CACHE)
+STAGE_OPTS = dict(retries=1, retry_delay_seconds=5, persist_result=True, cache_policy=CACHE)
+
+
+def config_from(cfg: dict) -> PipelineConfig:
+    """The task's config: validated, with secrets from Prefect blocks loaded into the environment."""
+    return resolve_secrets(PipelineConfig.model_validate(cfg))
+
+
+def resolve_secrets(c: PipelineConfig) -> PipelineConfig:
+    """Endpoints whose key lives in a Prefect Secret block: load it into this process's environment
+    (never into the config, a result, a log or a file) under the endpoint's ``api_key_env``.
+    A key already in the environment wins."""
+    for role in (c.teacher, c.judge):
+        for e in role.endpoints:
+            if not e.api_key_secret:
+                continue
+            var = e.api_key_env or f"FINR1_API_KEY_{''.join(ch if ch.isalnum() else '_' for ch in e.name).upper()}"
+            e.api_key_env = var
+            if not os.environ.get(var):
+                from prefect.blocks.system import Secret
+
+                os.environ[var] = Secret.load(e.api_key_secret).get()
+    return c
+
+
+def artifact_key(s: str) -> str:
+    """Artifact keys: lowercase letters, digits and dashes."""
+    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")[:60]
