@@ -11,11 +11,12 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test setup model clean server server-down help
+.PHONY: demo test lint setup model clean server server-down help
 
 help:
 	@echo "make demo   - set up .venv, prepare the embedded model, run the whole pipeline"
 	@echo "make test   - set up .venv if needed and run the test suite"
+	@echo "make lint   - ruff (lint and import order), as CI runs it"
 	@echo "make server - local Prefect server + worker on 127.0.0.1:4200, deploy deployments/prefect.yaml"
 	@echo "make server-down - stop them (by PID)"
 
@@ -52,3 +53,6 @@ server-down:
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+lint: setup
+	$(BIN)/ruff check .

@@ -14,12 +14,12 @@ import contextlib
 import time
 from typing import Iterator, Literal
 
+from prefect import flow
+from prefect.states import Failed
+
 # Import transformers' lazy names once, here, in the main thread: shard tasks run in threads, and
 # two threads resolving `from transformers import AutoTokenizer` at once raised ImportError.
 from transformers import AutoTokenizer  # noqa: F401
-
-from prefect import flow
-from prefect.states import Failed
 
 from finr1_core import stages
 from finr1_core.config import PipelineConfig

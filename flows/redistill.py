@@ -9,8 +9,8 @@ source record or prompt is paid for, and nothing else.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed
 from prefect.artifacts import create_table_artifact
+from prefect.states import Failed
 
 from flows.phases import data, distill_score, filter_release
 from flows.runs import default_run_id, model_server, open_run

@@ -14,10 +14,10 @@ Stage outputs under ``<storage_root>/<run_id>/``::
     eval/        per-model evaluation rows                       (eval, one call per model)
     report/      report.md, summary.json                         (report)
 """
+from finr1_core.stages.evaluate import MODELS
 from finr1_core.stages.registry import STAGE_NAMES, STAGES, downstream, stage
 from finr1_core.stages.runner import finish_stage, pending_shards, run_stage, stage_hash
 from finr1_core.stages.runs import load, load_run_config, new_run_id, save_run_config, store_for
-from finr1_core.stages.evaluate import MODELS
 from finr1_core.stages.train import model_path
 
 __all__ = [
