@@ -35,13 +35,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SECRET_OPTION_KEYS = ("key", "secret", "token", "password", "session_token", "access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key")
+
+
 class SourceSpec(_Strict):
     name: str = Field(description="Source name as listed by `finr1 sources`")
-    path: str | None = Field(None, description="Local file or directory (json, jsonl, csv, parquet)")
+    path: str | None = Field(None, description="File or directory: a local path or an fsspec URI such as s3://bucket/dir")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for path (e.g. endpoint_url); credentials come from the environment, never from here",
+    )
     hub_id: str | None = Field(None, description="Hugging Face dataset id (used when no path is given)")
     split: str | None = None
     max_rows: int | None = Field(None, ge=1, description="Per-source cap")
     role: Literal["train", "eval"] = "train"
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(k for k in v if k.lower() in SECRET_OPTION_KEYS)
+        if bad:
+            raise ValueError(f"must not hold credentials ({', '.join(bad)}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment")
+        return v
 
 
 class DataConfig(_Strict):

@@ -119,7 +119,7 @@ def sources_cmd() -> None:
 @app.command("ingest")
 def ingest_cmd(
     source: str = typer.Option(..., "--source", help="Source name (see `finr1 sources`)"),
-    path: str = typer.Option(None, "--path", help="Local file or directory (json, jsonl, csv, parquet, arrow)"),
+    path: str = typer.Option(None, "--path", help="File or directory: a local path or s3:// URI (json, jsonl, csv, parquet, arrow); s3 endpoint/keys from AWS_* env"),
     out: str = typer.Option(..., "--out", help="Output directory or s3:// URI"),
     hub_id: str = typer.Option(None, "--hub-id", help="Hugging Face dataset id (when no --path)"),
     split: str = typer.Option(None, "--split", help="Split name (hub: which split to load)"),
