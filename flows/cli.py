@@ -46,6 +46,8 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # no network here, and its heartbeat races the ephemeral server for the SQLite lock
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a busy machine needs longer than Prefect's 20 s to start the ephemeral server
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.pipeline import finr1_pipeline
 
     t0 = time.time()
@@ -197,18 +199,19 @@ app.add_typer(server_app, name="server")
 def server_up_cmd(
     port: int = typer.Option(4200, "--port", help="Server port on --host"),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (keep loopback unless a proxy with auth is in front)"),
-    home: str = typer.Option(None, "--home", help="PREFECT_HOME, PID file and logs (default $FINR1_HOME/prefect)"),
+    home: str = typer.Option(None, "--home", help="PREFECT_HOME, worker.json and logs (default $FINR1_HOME/prefect)"),
     teacher_limit: int = typer.Option(1, "--teacher-limit", min=1, help="Tag concurrency limit 'teacher': distill shards at once (1 suits the embedded CPU server; raise it for vLLM)"),
     redistill_cron: str = typer.Option(None, "--redistill-cron", envvar="FINR1_REDISTILL_CRON", help="Cron (UTC) of the re-distill deployment (default from deployments/prefect.yaml: Mondays 03:00)"),
     deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Run prefect deploy --all"),
+    startup_timeout: float = typer.Option(180, "--startup-timeout", min=1, help="Seconds to wait for the server's /api/health"),
 ) -> None:
-    """Start `prefect server` (SQLite, or Postgres via PREFECT_API_DATABASE_CONNECTION_URL), the pool, a worker; deploy."""
-    from flows.ops import server_up
+    """`prefect server start --background` (SQLite, or Postgres via PREFECT_API_DATABASE_CONNECTION_URL), the pool, the teacher limit, a worker; deploy."""
+    from flows.server import ServerError, server_up
 
     try:
         st = server_up(host=host, port=port, home=home, teacher_limit=teacher_limit, redistill_cron=redistill_cron, deploy=deploy,
-                       log=lambda m: console.print(m, highlight=False, markup=False))
-    except RuntimeError as e:
+                       log=lambda m: console.print(m, highlight=False, markup=False), startup_timeout_s=startup_timeout)
+    except ServerError as e:
         fail(str(e))
     console.print(f"UI: {st['ui_url']}   (export PREFECT_API_URL={st['api_url']} to use the prefect CLI)", highlight=False, markup=False)
     console.print(f"run: PREFECT_API_URL={st['api_url']} prefect deployment run 'finr1-pipeline/embedded' --param limit=4", highlight=False, markup=False)
@@ -216,8 +219,8 @@ def server_up_cmd(
 
 @server_app.command("down")
 def server_down_cmd(home: str = typer.Option(None, "--home", help="As given to `finr1 server up`")) -> None:
-    """Stop the worker and the server started by `finr1 server up`, by PID."""
-    from flows.ops import server_down
+    """Stop the worker (its process group) and then the server (`prefect server stop`)."""
+    from flows.server import server_down
 
     server_down(home=home, log=lambda m: console.print(m, highlight=False, markup=False))
 # ---------------------------------------------------------------- end ops
