@@ -515,3 +515,47 @@ def resolve_latest(storage_root: str, storage_options: dict | None = None) -> di
     from .publish import read_pointer
 
     return read_pointer(join(storage_root, LATEST_DIR), LATEST_POINTER, storage_options)
+
+
+def push_release(release_uri: str, repo_id: str, *, token: str | None = None, private: bool = False,
+                 storage_options: dict | None = None, timeout_s: float = 20.0, log=print) -> str:
+    """Publish a complete release directory (local or ``s3://``) as the Hugging Face dataset
+    ``repo_id`` through ``huggingface_hub`` (the card's metadata is checked as ``DatasetCardData``
+    first). The token comes from ``token`` or ``HF_TOKEN``; each HTTP call gives up after
+    ``timeout_s``. Every failure is a :class:`ReleaseError` with one line. Returns the dataset URL."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from huggingface_hub import DatasetCard, HfApi, constants, get_session
+
+    from .publish import committed, read_tree
+
+    token = token or os.environ.get("HF_TOKEN")
+    if not token:
+        raise ReleaseError("release push: HF_TOKEN is not set (a Hugging Face write token is needed)")
+    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ReleaseError(f"release push: --repo must be ORG/NAME (got {repo_id!r})")
+    if constants.is_offline_mode():
+        raise ReleaseError("release push: HF_HUB_OFFLINE is set; unset it to publish")
+    if not committed(release_uri, storage_options):
+        raise ReleaseError(f"release push: no complete release at {release_uri}")
+    files = read_tree(release_uri, storage_options)
+    card = DatasetCard(files["README.md"].decode())
+    if not card.data.get("configs") or not card.data.get("dataset_info"):
+        raise ReleaseError(f"release push: {release_uri}/README.md has no configs/dataset_info metadata")
+    get_session().timeout = timeout_s
+    api = HfApi(token=token, endpoint=constants.ENDPOINT)
+    try:
+        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="finr1-push-") as d:
+            for rel, data in files.items():
+                (Path(d) / rel).parent.mkdir(parents=True, exist_ok=True)
+                (Path(d) / rel).write_bytes(data)
+            api.upload_folder(folder_path=d, repo_id=repo_id, repo_type="dataset",
+                              commit_message=f"finr1 release ({card.data.get('pretty_name') or DATASET_NAME})")
+    except Exception as e:  # noqa: BLE001 - network, auth and hub errors all become one line
+        msg = " ".join(str(e).split())[:240] or type(e).__name__
+        raise ReleaseError(f"release push to {constants.ENDPOINT}/datasets/{repo_id} failed: {type(e).__name__}: {msg}") from None
+    log(f"pushed {len(files)} files to {url}")
+    return str(url)

@@ -225,5 +225,31 @@ def server_down_cmd(home: str = typer.Option(None, "--home", help="As given to `
     server_down(home=home, log=lambda m: console.print(m, highlight=False, markup=False))
 # ---------------------------------------------------------------- end ops
 
+
+
+# ---------------------------------------------------------------- release: publish to the Hugging Face hub
+release_app = typer.Typer(help="Publish a run's released dataset.", no_args_is_help=True)
+app.add_typer(release_app, name="release")
+
+
+@release_app.command("push")
+def release_push_cmd(
+    run_id: str = typer.Argument(..., help="The run whose release to publish"),
+    repo: str = typer.Option(..., "--repo", help="Hugging Face dataset repo, ORG/NAME"),
+    storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under (local path or s3://)"),
+    private: bool = typer.Option(False, "--private", help="Create the dataset repo as private"),
+    timeout: float = typer.Option(20.0, "--timeout", min=1, help="Seconds before one HTTP call to the hub gives up"),
+) -> None:
+    """Publish <storage>/<run_id>/release to the hub as a dataset (HF_TOKEN from the environment)."""
+    from finr1_core.release import ReleaseError, push_release
+    from finr1_core.storage import join
+
+    try:
+        push_release(join(storage, run_id, "release"), repo, private=private, timeout_s=timeout,
+                     log=lambda m: console.print(m, highlight=False, markup=False))
+    except ReleaseError as e:
+        fail(str(e))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
