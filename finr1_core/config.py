@@ -111,6 +111,9 @@ class LLMRole(_Strict):
     price_per_m_output: float = Field(0.0, ge=0)
     rpm: float | None = Field(None, gt=0, description="Requests per minute per endpoint (null = no limit)")
     tpm: float | None = Field(None, gt=0, description="Tokens per minute per endpoint (null = no limit)")
+    tokens_per_s: float | None = Field(
+        None, gt=0, description="Aggregate generation throughput of all endpoints (output tokens/s), for dry-run wall-time estimates"
+    )
     backoff_base_s: float = Field(0.5, gt=0, description="First retry delay; doubles per attempt, with jitter")
     backoff_max_s: float = Field(20.0, gt=0)
 
