@@ -10,6 +10,8 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# Prefect's default (20 s) is too short for the ephemeral server on a busy machine
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 .PHONY: demo test lint setup model clean server server-down help
 
@@ -18,7 +20,7 @@ help:
 	@echo "make test   - set up .venv if needed and run the test suite"
 	@echo "make lint   - ruff (lint and import order), as CI runs it"
 	@echo "make server - local Prefect server + worker on 127.0.0.1:4200, deploy deployments/prefect.yaml"
-	@echo "make server-down - stop them (by PID)"
+	@echo "make server-down - stop them (worker by PID, then prefect server stop)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,7 +46,7 @@ test: setup
 
 # ops (issue 6): a local Prefect server (127.0.0.1:4200, SQLite in $(FINR1_HOME)/prefect; Postgres when
 # PREFECT_API_DATABASE_CONNECTION_URL is set), the finr1-process pool and worker, the deployments.
-# PIDs in $(FINR1_HOME)/prefect/server.json. docs/operating.md has the details.
+# `prefect server start --background` / `prefect server stop`; the worker's PID in $(FINR1_HOME)/prefect/worker.json.
 server: model
 	$(BIN)/finr1 server up $(SERVER_ARGS)
 

@@ -35,13 +35,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SECRET_OPTION_KEYS = ("key", "secret", "token", "password", "session_token", "access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key")
+
+
 class SourceSpec(_Strict):
     name: str = Field(description="Source name as listed by `finr1 sources`")
-    path: str | None = Field(None, description="Local file or directory (json, jsonl, csv, parquet)")
+    path: str | None = Field(None, description="File or directory: a local path or an fsspec URI such as s3://bucket/dir")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for path (e.g. endpoint_url); credentials come from the environment, never from here",
+    )
     hub_id: str | None = Field(None, description="Hugging Face dataset id (used when no path is given)")
     split: str | None = None
     max_rows: int | None = Field(None, ge=1, description="Per-source cap")
     role: Literal["train", "eval"] = "train"
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(k for k in v if k.lower() in SECRET_OPTION_KEYS)
+        if bad:
+            raise ValueError(f"must not hold credentials ({', '.join(bad)}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment")
+        return v
 
 
 class DataConfig(_Strict):
@@ -96,6 +111,9 @@ class LLMRole(_Strict):
     price_per_m_output: float = Field(0.0, ge=0)
     rpm: float | None = Field(None, gt=0, description="Requests per minute per endpoint (null = no limit)")
     tpm: float | None = Field(None, gt=0, description="Tokens per minute per endpoint (null = no limit)")
+    tokens_per_s: float | None = Field(
+        None, gt=0, description="Aggregate generation throughput of all endpoints (output tokens/s), for dry-run wall-time estimates"
+    )
     backoff_base_s: float = Field(0.5, gt=0, description="First retry delay; doubles per attempt, with jitter")
     backoff_max_s: float = Field(20.0, gt=0)
 

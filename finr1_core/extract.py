@@ -49,29 +49,39 @@ def split_think(text: str | None) -> tuple[str, str]:
     return "", text.strip()
 
 
+def _brace_pairs(text: str) -> dict[int, int]:
+    """Index of each unescaped ``{`` -> index of its matching ``}`` (one linear pass)."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    j, n = 0, len(text)
+    while j < n:
+        c = text[j]
+        if c == "{":
+            stack.append(j)
+        elif c == "}":
+            if stack:
+                pairs[stack.pop()] = j
+        elif c == "\\" and j + 1 < n and text[j + 1] in "{}":
+            j += 1  # escaped brace
+        j += 1
+    return pairs
+
+
 def boxed_contents(text: str) -> list[str]:
-    """All ``\\boxed{...}`` contents in order, with nested braces balanced. Unclosed boxes are skipped."""
+    """All ``\\boxed{...}`` contents in order, with nested braces balanced. Unclosed boxes are skipped.
+    Linear in the text length (braces are matched once, not rescanned per box)."""
     out: list[str] = []
     if "box" not in text:
         return out
-    for m in _BOX_RE.finditer(text):
-        i = m.end()
-        depth = 1
-        j = i
-        n = len(text)
-        while j < n:
-            c = text[j]
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            elif c == "\\" and j + 1 < n and text[j + 1] in "{}":
-                j += 1  # escaped brace
-            j += 1
-        if depth == 0:
-            out.append(text[i:j])
+    starts = [m.end() for m in _BOX_RE.finditer(text)]
+    if not starts:
+        return out
+    pairs = _brace_pairs(text[starts[0] - 1:])
+    off = starts[0] - 1
+    for i in starts:
+        close = pairs.get(i - 1 - off)
+        if close is not None:
+            out.append(text[i:close + off])
     return out
 
 

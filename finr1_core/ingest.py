@@ -68,9 +68,12 @@ def ingest(
     split: str | None = None,
     limit: int | None = None,
     storage_options: dict | None = None,
+    source_options: dict | None = None,
 ) -> dict:
-    """Load one source (local path or hub) and write it under ``out_uri``. Returns the counts."""
-    res = load_source(source, path=path, hub_id=hub_id, split=split, limit=limit)
+    """Load one source (a local path, an ``s3://`` URI or the hub) and write it under ``out_uri``.
+    ``storage_options`` are for ``out_uri``, ``source_options`` for ``path`` (both over the
+    environment's). Returns the counts."""
+    res = load_source(source, path=path, hub_id=hub_id, split=split, limit=limit, storage_options=source_options)
     store = open_out(out_uri, storage_options)
     counts = ingest_to_store(store, source, res)
     counts["records_uri"] = store.uri("records", f"{source}.parquet")
@@ -85,7 +88,8 @@ def ingest_sources(specs: list[SourceSpec], limit: int | None = None) -> tuple[l
     quarantine: list[dict] = []
     for spec in specs:
         caps = [c for c in (spec.max_rows, limit) if c is not None]
-        res = load_source(spec.name, path=spec.path, hub_id=spec.hub_id, split=spec.split, limit=min(caps) if caps else None)
+        res = load_source(spec.name, path=spec.path, hub_id=spec.hub_id, split=spec.split, limit=min(caps) if caps else None,
+                          storage_options=spec.storage_options or None)
         records.extend(res.records)
         quarantine.extend(res.quarantine)
     return records, quarantine

@@ -17,8 +17,10 @@ Columns: ``repo_name``, ``conversation`` (list of ``{role, content}``; the assis
 ``<think>\\n…\\n</think>\\n\\n<answer>``), ``module`` (the four-module label), the scores
 (``verdict``, ``answer_judge``, ``reasoning_judge``, judge versions, ``route``, ``route_reason``) and
 lineage (``record_id``, ``key``, ``teacher_model``, ``prompt_template_version``, ``lineage`` JSON).
-Load it with ``datasets.load_dataset("parquet", data_files={"sft": ..., "rl": ...})``; for TRL's
-SFTTrainer rename ``conversation`` to ``messages``.
+Load it with ``datasets.load_dataset(<release dir>)`` (both splits, an empty one too: the card's
+``configs``/``dataset_info`` name both with their features); for TRL's SFTTrainer rename
+``conversation`` to ``messages``. All files become visible at once (:mod:`finr1_core.publish`);
+:func:`refresh_latest` publishes a run's release as ``<storage_root>/_release/latest.json``.
 """
 from __future__ import annotations
 
@@ -28,12 +30,11 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .route import FLAG_REASONS, answer_status
-from .storage import join, storage_options_from_env
+from .storage import join
 
 DATASET_NAME = "Financial-R1-Distill-Data"
 
@@ -53,6 +54,7 @@ SOURCE_ORIGINS = {
     "fincorpus": "FinCorpus (Duxiaoman-DI)", "finpee": "FinPEE", "quant_trading_instruct": "Quant-Trading-Instruct",
     "cfbenchmark": "CFBenchmark (TongjiFinLab)", "finance_instruct_500k": "Josephgflowers/Finance-Instruct-500k",
 }
+SPLITS = ("sft", "rl")
 MODULES = ["金融代码", "金融专业知识", "金融非推理类业务知识", "金融推理类业务知识"]
 
 _MSG = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -274,50 +276,68 @@ def distribution_table(split_rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def _yaml_header(name: str, counts: dict[str, int], languages: list[str]) -> str:
-    langs = "\n".join(f"- {l}" for l in languages) or "- zh\n- en"
-    return f"""---
-pretty_name: {name}
-license: other
-license_name: mixed-source-licences
-license_link: LICENSE-NOTES.md
-language:
-{langs}
-task_categories:
-- text-generation
-- question-answering
-tags:
-- finance
-- reasoning
-- distillation
-- fin-r1
-size_categories:
-- n<1K
-configs:
-- config_name: default
-  data_files:
-  - split: sft
-    path: data/sft-*.parquet
-  - split: rl
-    path: data/rl-*.parquet
-dataset_info:
-  splits:
-  - name: sft
-    num_examples: {counts['sft']}
-  - name: rl
-    num_examples: {counts['rl']}
----
-"""
+def _features():
+    from datasets import Features
+
+    return Features.from_arrow_schema(RELEASE_SCHEMA)
+
+
+def loadable_splits(counts: dict[str, int]) -> list[str]:
+    """The splits the card's ``configs`` list: the non-empty ones. ``datasets`` (5.2) cannot read a
+    split with no rows (``Instruction "sft" corresponds to no data``), and one unreadable split makes
+    the whole ``load_dataset(<dir>)`` fail, so an empty split is described in the card but not
+    listed; its features are the config's features, shared by both splits."""
+    return [sp for sp in SPLITS if counts.get(sp)] or list(SPLITS)
+
+
+def card_data(name: str, counts: dict[str, int], num_bytes: dict[str, int], languages: list[str], size: str):
+    """The card's metadata as a ``huggingface_hub.DatasetCardData``: licence, languages, the
+    ``default`` config with the data files of every loadable split, and ``dataset_info`` with the
+    features (``RELEASE_SCHEMA``, the same for ``sft`` and ``rl``) and those splits' sizes, so
+    ``datasets.load_dataset(<release dir>)`` loads even when one split is empty."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    listed = loadable_splits(counts)
+    cd = DatasetCardData(
+        pretty_name=name, license="other", language=languages or ["zh", "en"],
+        task_categories=["text-generation", "question-answering"], size_categories=[size],
+        license_name="mixed-source-licences", license_link="LICENSE-NOTES.md",
+        tags=["finance", "reasoning", "distillation", "fin-r1"],
+        configs=[{"config_name": "default", "data_files": [{"split": sp, "path": f"data/{sp}-*.parquet"} for sp in listed]}],
+    )
+    splits = SplitDict()
+    for sp in listed:
+        splits.add(SplitInfo(name=sp, num_bytes=int(num_bytes.get(sp, 0)), num_examples=int(counts.get(sp, 0))))
+    DatasetInfosDict({"default": DatasetInfo(features=_features(), splits=splits)}).to_dataset_card_data(cd)
+    return cd
+
+
+def _empty_note(counts: dict[str, int]) -> str:
+    empty = [sp for sp in SPLITS if not counts.get(sp)]
+    if not empty or len(empty) == len(SPLITS):
+        return ""
+    return (f"\nSplit(s) {', '.join(f'`{sp}`' for sp in empty)} have no rows in this release, so the `configs` list only "
+            f"{', '.join(f'`{sp}`' for sp in SPLITS if sp not in empty)} (`datasets` cannot load an empty split); "
+            "every split has the features in `dataset_info`.\n")
+
+
+def size_category(n: int) -> str:
+    return "n<1K" if n < 1000 else "1K<n<10K" if n < 10000 else "10K<n<100K" if n < 100000 else "100K<n<1M"
+
+
+def _yaml_header(name: str, counts: dict[str, int], languages: list[str], num_bytes: dict[str, int] | None = None) -> str:
+    cd = card_data(name, counts, num_bytes or {}, languages, size_category(sum(counts.values())))
+    return f"---\n{cd.to_yaml()}\n---\n"
 
 
 def build_card(name: str, stats: dict, split_rows: dict[str, list[dict]], removals: Sequence[dict], *,
                judge_versions: dict[str, list[str]], prompt_versions: list[str], teacher_models: list[str],
-               extra: str | None = None) -> str:
+               extra: str | None = None, num_bytes: dict[str, int] | None = None) -> str:
     counts = {sp: len(v) for sp, v in split_rows.items()}
-    n = sum(counts.values())
-    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10000 else "10K<n<100K" if n < 100000 else "100K<n<1M"
     languages = sorted({r["language"] for rows in split_rows.values() for r in rows if r.get("language")}) or ["zh", "en"]
-    head = _yaml_header(name, counts, languages).replace("- n<1K", f"- {size}")
+    head = _yaml_header(name, counts, languages, num_bytes)
     t = stats["total"]
     src_rows = ["| source | origin | licence | traces | round 1 pass | round 2 pass | sft | rl | removed |",
                 "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -353,14 +373,14 @@ Reasoning traces distilled from a teacher model for financial questions, filtere
 
 ```python
 from datasets import load_dataset
-ds = load_dataset("parquet", data_files={{"sft": "data/sft-*.parquet", "rl": "data/rl-*.parquet"}})
+ds = load_dataset("<this directory or hub repo>")  # both splits, even an empty one
 sft = ds["sft"].rename_column("conversation", "messages")  # TRL SFTTrainer format
 ```
 
 ## Distribution
 
 {distribution_table(split_rows)}
-
+{_empty_note(counts)}
 {chr(10).join(mods)}
 
 ## Sources and licences
@@ -409,42 +429,41 @@ The full list is in `removals.jsonl`.
 
 
 # ----------------------------------------------------------------------------------- entry point
-def _write(fs, path: str, data: bytes | str) -> None:
-    parent = path.rsplit("/", 1)[0]
-    try:
-        fs.makedirs(parent, exist_ok=True)
-    except Exception:
-        pass
-    with fs.open(path, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+LATEST_DIR = "_release"
+LATEST_POINTER = "latest.json"
+
+
+class ReleaseError(ValueError):
+    """A release that cannot be published or found; always one line."""
+
+
+def _parquet(rows: list[dict]) -> bytes:
+    buf = io.BytesIO()
+    if rows:
+        pq.write_table(pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), buf, compression="zstd")
+    else:  # no row group at all: `datasets` rejects a Parquet file with one empty row group
+        pq.ParquetWriter(buf, RELEASE_SCHEMA, compression="zstd").close()
+    return buf.getvalue()
 
 
 def release_dataset(scored_rows: Sequence[dict], out_uri: str, *, removals: Iterable[dict] = (),
                     name: str = DATASET_NAME, storage_options: dict | None = None, card_extra: str | None = None) -> dict:
-    """Write the release under ``out_uri`` (local path or ``s3://``). Returns a summary dict with the
-    split counts, file URIs and the stats behind the card."""
+    """Write the release under ``out_uri`` (local path or ``s3://``), all files at once
+    (:func:`finr1_core.publish.publish_tree`). Returns a summary dict with the split counts, file
+    URIs and the stats behind the card."""
+    from .publish import publish_tree
+
     removals = list(removals)
     removed_keys = {str(r.get("key")) for r in removals}
-    splits: dict[str, list[dict]] = {"sft": [], "rl": []}
+    splits: dict[str, list[dict]] = {sp: [] for sp in SPLITS}
     for r in scored_rows:
         if str(r.get("key")) in removed_keys:
             continue
         rr = release_row(r)
         splits["sft" if rr["route"] == "sft" else "rl"].append(rr)
     stats = compute_stats(scored_rows, removals)
-    opts = storage_options if storage_options is not None else storage_options_from_env(out_uri)
-    fs, root = fsspec.core.url_to_fs(out_uri, **opts)
-    files = {}
-    for sp, rows in splits.items():
-        table = pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        p = join(root, "data", f"{sp}-00000-of-00001.parquet")
-        _write(fs, p, buf.getvalue())
-        files[sp] = join(out_uri, "data", f"{sp}-00000-of-00001.parquet")
-    for pname, png in _plots(stats, scored_rows).items():
-        _write(fs, join(root, "plots", pname), png)
-        files[pname] = join(out_uri, "plots", pname)
+    blobs: dict[str, bytes] = {f"data/{sp}-00000-of-00001.parquet": _parquet(rows) for sp, rows in splits.items()}
+    blobs.update({f"plots/{pname}": png for pname, png in _plots(stats, scored_rows).items()})
 
     def versions(col: str) -> list[str]:
         return sorted({str(r.get(col)) for r in scored_rows if r.get(col)})
@@ -452,40 +471,91 @@ def release_dataset(scored_rows: Sequence[dict], out_uri: str, *, removals: Iter
     card = build_card(name, stats, splits, removals,
                       judge_versions={"answer": versions("answer_judge_version"), "reasoning": versions("reasoning_judge_version")},
                       prompt_versions=sorted(set(versions("prompt_template_version")) | set(versions("template_version"))),
-                      teacher_models=sorted(set(versions("teacher_model")) | set(versions("model"))), extra=card_extra)
-    _write(fs, join(root, "README.md"), card)
-    _write(fs, join(root, "distribution.md"), distribution_table(splits) + "\n")
-    _write(fs, join(root, "LICENSE-NOTES.md"), "# Licences of the sources\n\n" + "\n".join(
-        f"- **{s}**: {SOURCE_LICENSES.get(s, 'unknown')}" for s in stats["per_source"]) + "\n")
-    _write(fs, join(root, "removals.jsonl"), "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in removals))
-    _write(fs, join(root, "stats.json"), json.dumps(stats, ensure_ascii=False, indent=2, default=str))
+                      teacher_models=sorted(set(versions("teacher_model")) | set(versions("model"))), extra=card_extra,
+                      num_bytes={sp: len(blobs[f"data/{sp}-00000-of-00001.parquet"]) for sp in SPLITS})
+    blobs["README.md"] = card.encode()
+    blobs["distribution.md"] = (distribution_table(splits) + "\n").encode()
+    blobs["LICENSE-NOTES.md"] = ("# Licences of the sources\n\n" + "\n".join(
+        f"- **{s}**: {SOURCE_LICENSES.get(s, 'unknown')}" for s in stats["per_source"]) + "\n").encode()
+    blobs["removals.jsonl"] = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in removals).encode()
+    blobs["stats.json"] = json.dumps(stats, ensure_ascii=False, indent=2, default=str).encode()
+    publish_tree(blobs, out_uri, storage_options)
+    files = {sp: join(out_uri, "data", f"{sp}-00000-of-00001.parquet") for sp in SPLITS}
+    files.update({k.split("/", 1)[1]: join(out_uri, k) for k in blobs if k.startswith("plots/")})
     files.update(card=join(out_uri, "README.md"), distribution=join(out_uri, "distribution.md"),
                  removals=join(out_uri, "removals.jsonl"), stats=join(out_uri, "stats.json"))
     return {"name": name, "uri": out_uri, "counts": {k: len(v) for k, v in splits.items()}, "files": files, "stats": stats}
 
 
-def refresh_latest(store, distill: dict) -> dict:
-    """Copy the run's release to ``<storage_root>/_release/latest/`` and point
-    ``<storage_root>/_release/latest.json`` at the run (written last)."""
-    from datetime import datetime, timezone
+def refresh_latest(storage_root: str, run_id: str, *, release_uri: str | None = None, storage_options: dict | None = None,
+                   info: dict | None = None, keep: int = 3) -> dict:
+    """Publish run ``run_id``'s release as the latest one, atomically: its files are copied to
+    ``<storage_root>/_release/versions/<UTC stamp>-<run_id>/`` and only then is
+    ``<storage_root>/_release/latest.json`` rewritten to point there. A reader that resolves the
+    pointer (:func:`resolve_latest`) always gets a complete release; a refresh killed mid-copy
+    leaves the previous one in place. Returns the pointer (``run_id``, ``version``, ``uri``,
+    ``release``, ``files``, ``published_at`` and ``info``)."""
+    from .publish import committed, publish_version, read_tree
 
-    from finr1_core.storage import join
+    src = release_uri or join(storage_root, run_id, "release")
+    try:
+        complete = committed(src, storage_options)
+        files = read_tree(src, storage_options) if complete else {}
+    except OSError as e:
+        raise ReleaseError(f"release {src}: cannot read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if not complete or "README.md" not in files:
+        raise ReleaseError(f"run {run_id} has no complete release at {src}")
+    version = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{run_id}"
+    return publish_version(files, join(storage_root, LATEST_DIR), version, LATEST_POINTER,
+                           info={"run_id": run_id, "release": src, **(info or {})}, storage_options=storage_options, keep=keep)
 
-    src = store.uri("release")
-    if not store.exists(src):
-        raise RuntimeError(f"run {store.run_id} has no release at {src}")
-    latest = join(store.root, "_release", "latest")
-    fs = store.fs
-    if fs.exists(store.fs_path(latest)):
-        fs.rm(store.fs_path(latest), recursive=True)
-    files = list(fs.find(store.fs_path(src)))
-    for p in files:
-        rel = p[len(store.fs_path(src)):].lstrip("/")
-        dst = store.fs_path(join(latest, rel))
-        if store.is_local:
-            fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(dst, fs.cat_file(p))
-    pointer = {"run_id": store.run_id, "release": src, "latest": latest, "files": len(files),
-               "refreshed_at": datetime.now(timezone.utc).isoformat(), "distill": distill}
-    store.write_json(join(store.root, "_release", "latest.json"), pointer)
-    return pointer
+
+def resolve_latest(storage_root: str, storage_options: dict | None = None) -> dict | None:
+    """The latest-release pointer (its ``uri`` is a complete release directory), or None."""
+    from .publish import read_pointer
+
+    return read_pointer(join(storage_root, LATEST_DIR), LATEST_POINTER, storage_options)
+
+
+def push_release(release_uri: str, repo_id: str, *, token: str | None = None, private: bool = False,
+                 storage_options: dict | None = None, timeout_s: float = 20.0, log=print) -> str:
+    """Publish a complete release directory (local or ``s3://``) as the Hugging Face dataset
+    ``repo_id`` through ``huggingface_hub`` (the card's metadata is checked as ``DatasetCardData``
+    first). The token comes from ``token`` or ``HF_TOKEN``; each HTTP call gives up after
+    ``timeout_s``. Every failure is a :class:`ReleaseError` with one line. Returns the dataset URL."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from huggingface_hub import DatasetCard, HfApi, constants, get_session
+
+    from .publish import committed, read_tree
+
+    token = token or os.environ.get("HF_TOKEN")
+    if not token:
+        raise ReleaseError("release push: HF_TOKEN is not set (a Hugging Face write token is needed)")
+    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ReleaseError(f"release push: --repo must be ORG/NAME (got {repo_id!r})")
+    if constants.is_offline_mode():
+        raise ReleaseError("release push: HF_HUB_OFFLINE is set; unset it to publish")
+    if not committed(release_uri, storage_options):
+        raise ReleaseError(f"release push: no complete release at {release_uri}")
+    files = read_tree(release_uri, storage_options)
+    card = DatasetCard(files["README.md"].decode())
+    if not card.data.get("configs") or not card.data.get("dataset_info"):
+        raise ReleaseError(f"release push: {release_uri}/README.md has no configs/dataset_info metadata")
+    get_session().timeout = timeout_s
+    api = HfApi(token=token, endpoint=constants.ENDPOINT)
+    try:
+        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="finr1-push-") as d:
+            for rel, data in files.items():
+                (Path(d) / rel).parent.mkdir(parents=True, exist_ok=True)
+                (Path(d) / rel).write_bytes(data)
+            api.upload_folder(folder_path=d, repo_id=repo_id, repo_type="dataset",
+                              commit_message=f"finr1 release ({card.data.get('pretty_name') or DATASET_NAME})")
+    except Exception as e:  # noqa: BLE001 - network, auth and hub errors all become one line
+        msg = " ".join(str(e).split())[:240] or type(e).__name__
+        raise ReleaseError(f"release push to {constants.ENDPOINT}/datasets/{repo_id} failed: {type(e).__name__}: {msg}") from None
+    log(f"pushed {len(files)} files to {url}")
+    return str(url)

@@ -18,18 +18,20 @@ Gold answers arrive normalized by ingest (option letters sorted and joined ``"DE
 (``"B、煤炭"``, ``'["D"; "E"]'``, ``"B; D"``, ``"A、错"``, ``"14.1%"``, ``"$ 1,234"``...).
 
 The hot path is plain ``re`` + ``float``; math-verify is called only when cheap numeric parsing of
-a LaTeX-looking value fails.
+a LaTeX-looking value fails, and then with a hard time bound (:mod:`finr1_core.mathguard`: a
+guarded parse, then a killable worker process): a timeout gives ``unknown`` with a reason starting
+``timeout``. Numbers too large for a float give ``unknown`` (``number out of range``).
 """
 from __future__ import annotations
 
 import json
 import math
 import re
-import threading
 import unicodedata
 from dataclasses import asdict, dataclass
 
 from .extract import answer_part, extract_answer
+from .mathguard import has_factorial, math_verify
 
 ANSWER_TYPES = ("mcq_single", "mcq_multi", "true_false", "numeric", "label", "free_text", "code")
 CORRECT, INCORRECT, UNKNOWN = "correct", "incorrect", "unknown"
@@ -269,7 +271,8 @@ def _num_match(s: str) -> Num | None:
     except ValueError:
         return None
     if m.group("exp"):
-        raw *= 10.0 ** int(m.group("exp").replace("−", "-"))
+        e = m.group("exp").replace("−", "-")
+        raw = raw * 10.0 ** int(e) if len(e) <= 4 and abs(int(e)) <= 400 else (math.inf if not e.startswith("-") else 0.0)
     unit = _UNIT_MULT.get((m.group("unit") or "").lower(), 1.0) if m.group("unit") else 1.0
     pct = bool(m.group("pct")) and m.group("pct").lower() not in ("bps", "basis point", "basis points")
     if m.group("pct") and m.group("pct").lower().startswith(("bps", "basis")):
@@ -345,6 +348,8 @@ def _close(a: float, b: float, rel_tol: float) -> bool:
 def compare_numbers(gold: Num, pred: Num, rel_tol: float) -> tuple[str, str]:
     """(verdict, reason). Equivalences: 0.2 == 20% when one side carries %, a unit on one side
     only may be the question's unit (46 == 46万元), rounding within ``rel_tol``."""
+    if not (math.isfinite(gold.value) and math.isfinite(pred.value)):
+        return UNKNOWN, "number out of range"
     g_vals = [gold.value / 100.0] if gold.pct else [gold.value]
     p_vals = [pred.value / 100.0] if pred.pct else [pred.value]
     if gold.pct != pred.pct:  # 0.2 vs 20%: also compare the bare numbers (20% vs "20")
@@ -370,35 +375,6 @@ def compare_numbers(gold: Num, pred: Num, rel_tol: float) -> tuple[str, str]:
                 if _close(r, sc, rel_tol) or _close(r, 1.0 / sc, rel_tol):
                     return UNKNOWN, f"numeric match up to a factor of {sc:g}"
     return INCORRECT, "numeric mismatch"
-
-
-_mv_local = threading.local()
-
-
-def _math_verify(gold: str, pred: str) -> tuple[bool | None, float | None]:
-    """math-verify as the slow fallback: (equal?, numeric value of the prediction if it has one).
-    (None, None) when either side does not parse."""
-    try:
-        from math_verify import parse, verify as mv_verify
-    except Exception:  # pragma: no cover - math-verify is a dependency
-        return None, None
-    main = threading.current_thread() is threading.main_thread()
-    to = 3 if main else None  # its timeouts use signals: main thread only
-    try:
-        g = parse(f"${gold}$" if "$" not in gold else gold, parsing_timeout=to)
-        p = parse(f"${pred}$" if "$" not in pred else pred, parsing_timeout=to)
-        if not g or not p:
-            return None, None
-        ok = bool(mv_verify(g, p, timeout_seconds=to))
-        val = None
-        try:
-            if getattr(p[0], "is_number", False):
-                val = float(p[0].evalf())
-        except Exception:
-            val = None
-        return ok, val
-    except Exception:
-        return None, None
 
 
 _LATEXY = re.compile(r"\\(?:d?t?frac|sqrt|times|cdot|pi|left|right)|\^|\\exp|e\^")
@@ -532,15 +508,20 @@ def verify(gold, prediction, answer_type: str | None = None, question: str | Non
         g = parse_number(gold_s) or parse_number(gold_s, loose=True)
         if g is None:
             if _LATEXY.search(gold_s):
-                mv, _ = _math_verify(gold_s, cand)
+                mv, _, problem = math_verify(gold_s, cand)
                 if mv is True:
                     return Verdict(CORRECT, shown, "math-verify match")
+                if problem and problem.startswith("timeout"):
+                    return Verdict(UNKNOWN, shown, problem)
             if normalize_text(gold_s) == normalize_text(cand):
                 return Verdict(CORRECT, shown, "exact normalized match")
             return Verdict(UNKNOWN, shown, f"gold not parseable as {atype}")
-        p = parse_number(cand, loose=not fallback or len(cand) <= 60)
-        if p is None and _LATEXY.search(cand):
-            mv, val = _math_verify(gold_s, cand)
+        symbolic = has_factorial(cand) and not fallback
+        p = None if symbolic else parse_number(cand, loose=not fallback or len(cand) <= 60)
+        if p is None and (symbolic or _LATEXY.search(cand)):
+            mv, val, problem = math_verify(gold_s, cand)
+            if problem and problem.startswith("timeout"):
+                return Verdict(UNKNOWN, shown, problem)
             if mv:
                 return Verdict(CORRECT, shown, "math-verify match")
             if val is not None and math.isfinite(val):

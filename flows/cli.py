@@ -46,6 +46,8 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # no network here, and its heartbeat races the ephemeral server for the SQLite lock
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a busy machine needs longer than Prefect's 20 s to start the ephemeral server
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.pipeline import finr1_pipeline
 
     t0 = time.time()
@@ -71,8 +73,19 @@ def run(
     limit: int = typer.Option(None, "--limit", help="Cap rows per source"),
     run_id: str = typer.Option(None, "--run-id", help="Resume this run id (new when empty)"),
     stop_after: str = typer.Option(None, "--stop-after", help="Stop after this stage"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print prompts per source and route, estimated tokens, cost and wall time; call no model"),
 ) -> None:
     """Run the whole pipeline (the finr1-pipeline flow) with Prefect; logs show here."""
+    if dry_run:
+        from finr1_core import estimate
+        from finr1_core.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(config, {"storage_root": storage, "limit": limit})
+        except ConfigError as e:
+            fail(str(e))
+        console.print(estimate.to_markdown(estimate.dry_run(cfg)), highlight=False, markup=False)
+        return
     _run_flow(config, storage, limit, run_id, stop_after)
 
 
@@ -119,7 +132,7 @@ def sources_cmd() -> None:
 @app.command("ingest")
 def ingest_cmd(
     source: str = typer.Option(..., "--source", help="Source name (see `finr1 sources`)"),
-    path: str = typer.Option(None, "--path", help="Local file or directory (json, jsonl, csv, parquet, arrow)"),
+    path: str = typer.Option(None, "--path", help="File or directory: a local path or s3:// URI (json, jsonl, csv, parquet, arrow); s3 endpoint/keys from AWS_* env"),
     out: str = typer.Option(..., "--out", help="Output directory or s3:// URI"),
     hub_id: str = typer.Option(None, "--hub-id", help="Hugging Face dataset id (when no --path)"),
     split: str = typer.Option(None, "--split", help="Split name (hub: which split to load)"),
@@ -197,18 +210,19 @@ app.add_typer(server_app, name="server")
 def server_up_cmd(
     port: int = typer.Option(4200, "--port", help="Server port on --host"),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (keep loopback unless a proxy with auth is in front)"),
-    home: str = typer.Option(None, "--home", help="PREFECT_HOME, PID file and logs (default $FINR1_HOME/prefect)"),
+    home: str = typer.Option(None, "--home", help="PREFECT_HOME, worker.json and logs (default $FINR1_HOME/prefect)"),
     teacher_limit: int = typer.Option(1, "--teacher-limit", min=1, help="Tag concurrency limit 'teacher': distill shards at once (1 suits the embedded CPU server; raise it for vLLM)"),
     redistill_cron: str = typer.Option(None, "--redistill-cron", envvar="FINR1_REDISTILL_CRON", help="Cron (UTC) of the re-distill deployment (default from deployments/prefect.yaml: Mondays 03:00)"),
     deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Run prefect deploy --all"),
+    startup_timeout: float = typer.Option(180, "--startup-timeout", min=1, help="Seconds to wait for the server's /api/health"),
 ) -> None:
-    """Start `prefect server` (SQLite, or Postgres via PREFECT_API_DATABASE_CONNECTION_URL), the pool, a worker; deploy."""
-    from flows.server import server_up
+    """`prefect server start --background` (SQLite, or Postgres via PREFECT_API_DATABASE_CONNECTION_URL), the pool, the teacher limit, a worker; deploy."""
+    from flows.server import ServerError, server_up
 
     try:
         st = server_up(host=host, port=port, home=home, teacher_limit=teacher_limit, redistill_cron=redistill_cron, deploy=deploy,
-                       log=lambda m: console.print(m, highlight=False, markup=False))
-    except RuntimeError as e:
+                       log=lambda m: console.print(m, highlight=False, markup=False), startup_timeout_s=startup_timeout)
+    except ServerError as e:
         fail(str(e))
     console.print(f"UI: {st['ui_url']}   (export PREFECT_API_URL={st['api_url']} to use the prefect CLI)", highlight=False, markup=False)
     console.print(f"run: PREFECT_API_URL={st['api_url']} prefect deployment run 'finr1-pipeline/embedded' --param limit=4", highlight=False, markup=False)
@@ -216,11 +230,37 @@ def server_up_cmd(
 
 @server_app.command("down")
 def server_down_cmd(home: str = typer.Option(None, "--home", help="As given to `finr1 server up`")) -> None:
-    """Stop the worker and the server started by `finr1 server up`, by PID."""
+    """Stop the worker (its process group) and then the server (`prefect server stop`)."""
     from flows.server import server_down
 
     server_down(home=home, log=lambda m: console.print(m, highlight=False, markup=False))
 # ---------------------------------------------------------------- end ops
+
+
+
+# ---------------------------------------------------------------- release: publish to the Hugging Face hub
+release_app = typer.Typer(help="Publish a run's released dataset.", no_args_is_help=True)
+app.add_typer(release_app, name="release")
+
+
+@release_app.command("push")
+def release_push_cmd(
+    run_id: str = typer.Argument(..., help="The run whose release to publish"),
+    repo: str = typer.Option(..., "--repo", help="Hugging Face dataset repo, ORG/NAME"),
+    storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under (local path or s3://)"),
+    private: bool = typer.Option(False, "--private", help="Create the dataset repo as private"),
+    timeout: float = typer.Option(20.0, "--timeout", min=1, help="Seconds before one HTTP call to the hub gives up"),
+) -> None:
+    """Publish <storage>/<run_id>/release to the hub as a dataset (HF_TOKEN from the environment)."""
+    from finr1_core.release import ReleaseError, push_release
+    from finr1_core.storage import join
+
+    try:
+        push_release(join(storage, run_id, "release"), repo, private=private, timeout_s=timeout,
+                     log=lambda m: console.print(m, highlight=False, markup=False))
+    except ReleaseError as e:
+        fail(str(e))
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,18 +1,35 @@
-"""`make server` / `finr1 server up|down`: a local Prefect server, work pool, worker and deployments."""
+"""A local Prefect server the standard way, plus the finr1 work pool, limit, worker and deployments.
+
+- The server: ``prefect server start --background`` (Prefect writes ``server.pid`` in
+  ``PREFECT_HOME``) and ``prefect server stop``. SQLite in ``PREFECT_HOME`` by default, PostgreSQL
+  when ``PREFECT_API_DATABASE_CONNECTION_URL`` is set (``postgresql+asyncpg://...``).
+- The ``finr1-process`` pool and the ``teacher`` tag concurrency limit: ``prefect work-pool create``
+  and ``prefect concurrency-limit create``.
+- A process worker: ``prefect worker start`` in its own session (Prefect has no background mode or
+  stop command for workers), its PID and start time in ``<home>/worker.json``; ``server_down`` sends
+  its process group SIGTERM (flow runs it started included), SIGKILL after a grace period.
+- The deployments: ``prefect deploy --all --prefect-file deployments/prefect.yaml``.
+
+``PREFECT_HOME`` is ``<home>`` (default ``$FINR1_HOME/prefect``); logs go to ``<home>/logs/``.
+"""
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
-# --------------------------------------------------------------------------- local operations
-# `make server` / `finr1 server up|down`: a real `prefect server start` (SQLite in PREFECT_HOME by
-# default, Postgres when PREFECT_API_DATABASE_CONNECTION_URL is set), the `finr1-process` work
-# pool, the `teacher` tag concurrency limit, a `prefect worker start` and the deployments of
-# deployments/prefect.yaml. PIDs go to <state dir>/server.json; `down` stops them by PID.
 POOL = "finr1-process"
 PREFECT_FILE = "deployments/prefect.yaml"
+STARTUP_TIMEOUT_S = float(os.environ.get("FINR1_SERVER_STARTUP_TIMEOUT_S", "180"))
+
+
+class ServerError(RuntimeError):
+    """One line: what failed and where its log is."""
 
 
 def state_dir(home: str | None = None) -> Path:
@@ -21,160 +38,186 @@ def state_dir(home: str | None = None) -> Path:
     return Path(home).expanduser().resolve() if home else finr1_home() / "prefect"
 
 
-def _alive(pid: int | None) -> bool:
-    """True when ``pid`` runs and is one of ours (a prefect process), not a recycled PID."""
-    if not pid:
-        return False
+def healthy(api_url: str) -> bool:
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return "prefect" in cmd
-
-
-def _port_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def _healthy(api_url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(api_url + "/health", timeout=2) as r:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=3) as r:
             return r.status == 200
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "not (yet) healthy"
         return False
 
 
-def server_up(host: str = "127.0.0.1", port: int = 4200, home: str | None = None, teacher_limit: int = 1,
-              redistill_cron: str | None = None, deploy: bool = True, log=print) -> dict:
-    """Start (or reuse) the server and the worker, then create the pool, the limit and the
-    deployments. Returns the state written to ``server.json``."""
-    import subprocess
-    import sys
+def prefect_env(home: Path, api_url: str) -> dict:
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), RAY_USAGE_STATS_ENABLED="0")
+    env.pop("PREFECT_PROFILE", None)
+    return env
+
+
+def _prefect(env: dict, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    from finr1_core.config import REPO_ROOT
+
+    exe = str(Path(sys.executable).with_name("prefect"))
+    p = subprocess.run([exe, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        tail = " ".join((p.stdout + p.stderr).split())[-600:]
+        raise ServerError(f"prefect {' '.join(args)} failed ({p.returncode}): {tail}")
+    return p
+
+
+def start_server(home: Path, host: str, port: int, log=print, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> float:
+    """``prefect server start --background``; waits for ``/api/health``. Returns seconds taken."""
+    api = f"http://{host}:{port}/api"
+    env = prefect_env(home, api)
+    if (home / "server.pid").exists() and server_pid(home) is None:
+        (home / "server.pid").unlink()  # stale (a crashed server): it would block --background
+    elif server_pid(home) is not None:
+        raise ServerError(f"a prefect server from {home} runs (pid {server_pid(home)}) but {api} is not healthy; run `finr1 server down --home {home}`")
+    t0 = time.time()
+    _prefect(env, "server", "start", "--background", "--host", host, "--port", str(port), timeout=120)
+    while not healthy(api):
+        if time.time() - t0 > startup_timeout_s:
+            _prefect(env, "server", "stop", check=False, timeout=60)
+            raise ServerError(f"prefect server on {host}:{port} not healthy after {startup_timeout_s:.0f} s (stopped it)")
+        time.sleep(0.5)
+    db = "postgres" if os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "").startswith("postgresql") else f"sqlite in {home}"
+    log(f"server up at {api} ({time.time() - t0:.1f} s; database: {db})")
+    return time.time() - t0
+
+
+def server_pid(home: Path) -> int | None:
+    """The PID in Prefect's ``server.pid`` when that process is a Prefect server, else None."""
+    import psutil
+
+    try:
+        pid = int((home / "server.pid").read_text().strip())
+        cmd = " ".join(psutil.Process(pid).cmdline())
+    except (OSError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return pid if "prefect.server.api.server:create_app" in cmd else None
+
+
+def _worker_alive(info: dict) -> bool:
+    """The recorded worker still runs (same PID *and* start time, so a recycled PID is not ours)."""
+    import psutil
+
+    try:
+        return abs(psutil.Process(info["pid"]).create_time() - info["create_time"]) < 0.01
+    except (psutil.NoSuchProcess, KeyError):
+        return False
+
+
+def start_worker(home: Path, api_url: str, log=print) -> dict:
+    """``prefect worker start --pool finr1-process`` in its own session; PID in ``worker.json``."""
+    import psutil
 
     from finr1_core.config import REPO_ROOT
 
+    wfile = home / "worker.json"
+    if wfile.exists() and _worker_alive(json.loads(wfile.read_text())):
+        info = json.loads(wfile.read_text())
+        log(f"worker already running (pid {info['pid']})")
+        return info
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    exe = str(Path(sys.executable).with_name("prefect"))
+    with open(home / "logs" / "worker.log", "ab") as out:
+        w = subprocess.Popen([exe, "worker", "start", "--pool", POOL, "--type", "process"], env=prefect_env(home, api_url),
+                             cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    info = {"pid": w.pid, "create_time": psutil.Process(w.pid).create_time(), "log": str(home / "logs" / "worker.log")}
+    wfile.write_text(json.dumps(info, indent=2))
+    log(f"worker started (pid {w.pid}, log {info['log']})")
+    return info
+
+
+def stop_worker(home: Path, log=print, timeout_s: float = 15.0) -> int | None:
+    """SIGTERM to the worker's process group, SIGKILL what is left after ``timeout_s``."""
+    wfile = home / "worker.json"
+    if not wfile.exists():
+        return None
+    info = json.loads(wfile.read_text())
+    pid = info["pid"]
+    if not _worker_alive(info):
+        wfile.unlink()
+        return None
+    t0 = time.time()
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        t1 = time.time()
+        while time.time() - t1 < wait:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (server_up called in-process)
+            except ChildProcessError:
+                pass
+            try:
+                os.killpg(pid, 0)  # any process of the group left?
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            continue
+        break
+    wfile.unlink()
+    log(f"stopped worker (pid {pid}, {time.time() - t0:.1f} s)")
+    return pid
+
+
+def server_up(host: str = "127.0.0.1", port: int = 4200, home: str | None = None, teacher_limit: int = 1,
+              redistill_cron: str | None = None, deploy: bool = True, log=print,
+              startup_timeout_s: float = STARTUP_TIMEOUT_S) -> dict:
+    """Start (or reuse) the server, create the pool and the ``teacher`` limit, start (or reuse) the
+    worker, deploy. Returns ``{"api_url", "ui_url", "prefect_home", "worker_pid", "deployed"}``."""
     sd = state_dir(home)
     (sd / "logs").mkdir(parents=True, exist_ok=True)
-    state_file = sd / "server.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
     api = f"http://{host}:{port}/api"
-    env = dict(os.environ, PREFECT_HOME=str(sd), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"), RAY_USAGE_STATS_ENABLED="0")
-    env.pop("PREFECT_PROFILE", None)
-    exe = str(Path(sys.executable).with_name("prefect"))
-
-    def prefect(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run([exe, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-        if check and p.returncode != 0:
-            raise RuntimeError(f"prefect {' '.join(args)} failed ({p.returncode}): {(p.stdout + p.stderr)[-1500:]}")
-        return p
-
-    if _alive(state.get("server_pid")) and state.get("api_url") == api:
-        log(f"server already running (pid {state['server_pid']}) at {api}")
+    env = prefect_env(sd, api)
+    if healthy(api):
+        log(f"server already running at {api}")
     else:
-        if not _port_free(host, port):
-            raise RuntimeError(f"{host}:{port} is in use by another process; pick another --port")
-        t0 = time.time()
-        out = open(sd / "logs" / "server.log", "ab")
-        p = subprocess.Popen([exe, "server", "start", "--host", host, "--port", str(port)], env=env, cwd=REPO_ROOT,
-                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        state = {"server_pid": p.pid, "api_url": api, "ui_url": f"http://{host}:{port}", "prefect_home": str(sd)}
-        state_file.write_text(json.dumps(state, indent=2))
-        while not _healthy(api):
-            if p.poll() is not None:
-                raise RuntimeError(f"prefect server exited ({p.returncode}); see {sd / 'logs' / 'server.log'}")
-            if time.time() - t0 > 120:
-                raise RuntimeError(f"prefect server not healthy after 120 s; see {sd / 'logs' / 'server.log'}")
-            time.sleep(0.3)
-        log(f"server up at {api} (pid {p.pid}, {time.time() - t0:.1f} s; database: "
-            f"{'postgres' if os.environ.get('PREFECT_API_DATABASE_CONNECTION_URL') else 'sqlite in ' + str(sd)})")
-    # the pool and the limit at once (each CLI call pays Prefect's import time)
-    calls = [["work-pool", "create", POOL, "--type", "process", "--overwrite"], ["concurrency-limit", "create", "teacher", str(teacher_limit)]]
-    procs = [subprocess.Popen([exe, *a], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for a in calls]
-    for a, p in zip(calls, procs):
-        out_text = p.communicate(timeout=300)[0]
-        if p.returncode != 0:
-            raise RuntimeError(f"prefect {' '.join(a)} failed ({p.returncode}): {out_text[-1500:]}")
+        start_server(sd, host, port, log=log, startup_timeout_s=startup_timeout_s)
+    _prefect(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
+    _prefect(env, "concurrency-limit", "create", "teacher", str(teacher_limit))
     log(f"work pool {POOL}; tag concurrency limit teacher={teacher_limit}")
-    if _alive(state.get("worker_pid")):
-        log(f"worker already running (pid {state['worker_pid']})")
-    else:
-        out = open(sd / "logs" / "worker.log", "ab")
-        w = subprocess.Popen([exe, "worker", "start", "--pool", POOL, "--type", "process"], env=env, cwd=REPO_ROOT,
-                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        state["worker_pid"] = w.pid
-        state_file.write_text(json.dumps(state, indent=2))
-        log(f"worker started (pid {w.pid}, log {sd / 'logs' / 'worker.log'})")
+    worker = start_worker(sd, api, log=log)
     if deploy:
         t0 = time.time()
-        prefect("--no-prompt", "deploy", "--all", "--prefect-file", PREFECT_FILE)
+        _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", PREFECT_FILE)
         if redistill_cron:
-            prefect("deployment", "schedule", "create", "finr1-redistill/re-distill", "--cron", redistill_cron,
-                    "--timezone", "UTC", "--replace", "-y")
+            _prefect(env, "deployment", "schedule", "create", "finr1-redistill/re-distill", "--cron", redistill_cron,
+                     "--timezone", "UTC", "--replace", "-y")
         log(f"deployed {PREFECT_FILE} ({time.time() - t0:.1f} s)" + (f"; re-distill cron {redistill_cron!r}" if redistill_cron else ""))
-    state["deployed"] = bool(deploy)
-    state_file.write_text(json.dumps(state, indent=2))
-    return state
+    return {"api_url": api, "ui_url": f"http://{host}:{port}", "prefect_home": str(sd), "worker_pid": worker["pid"],
+            "deployed": bool(deploy)}
 
 
-def _group(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(d.name))
-    return out
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    """Wait for ``pid`` to exit after ``prefect server stop`` (SIGTERM); SIGKILL it after ``timeout_s``."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        proc.wait(timeout_s)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
-def server_down(home: str | None = None, log=print, timeout_s: float = 15.0) -> list[int]:
-    """Stop the worker, then the server, by the PIDs in ``server.json``. Each was started as the
-    leader of its own process group, so its children (flow runs and what they started, uvicorn)
-    get the same signal: SIGTERM, then SIGKILL for what is still there after ``timeout_s``."""
-    import signal
-
+def server_down(home: str | None = None, log=print) -> dict:
+    """Stop the worker (its process group), then ``prefect server stop``."""
     sd = state_dir(home)
-    state_file = sd / "server.json"
-    if not state_file.exists():
-        log(f"nothing to stop: no {state_file}")
-        return []
-    state = json.loads(state_file.read_text())
-    stopped = []
-    for name in ("worker_pid", "server_pid"):
-        pid = state.get(name)
-        if not pid or not (_alive(pid) or _group(pid)):
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        t0 = time.time()
-        while _group(pid) and time.time() - t0 < timeout_s:
-            time.sleep(0.1)
-        if _group(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            t1 = time.time()
-            while _group(pid) and time.time() - t1 < 5:
-                time.sleep(0.1)
-        stopped.append(pid)
-        log(f"stopped {name[:-4]} (pid {pid}, {time.time() - t0:.1f} s)")
-    state_file.unlink()
-    return stopped
+    pid = stop_worker(sd, log=log)
+    stopped = False
+    spid = server_pid(sd)
+    if (sd / "server.pid").exists():
+        p = _prefect(prefect_env(sd, ""), "server", "stop", check=False, timeout=60)
+        stopped = p.returncode == 0
+        if spid is not None:
+            _wait_gone(spid, 30.0)
+        log(" ".join(p.stdout.split()) or f"prefect server stop exited {p.returncode}")
+    elif pid is None:
+        log(f"nothing to stop under {sd}")
+    return {"worker_pid": pid, "server_stopped": stopped}

@@ -108,12 +108,13 @@ def report(cfg: dict, evaluated: list[dict] | None = None, timings: dict | None 
 
 @task(name="refresh-release", persist_result=False)
 def refresh_release(cfg: dict, distill: dict) -> dict:
-    """Point ``<storage_root>/_release/latest`` at this run's release."""
+    """Publish this run's release as ``<storage_root>/_release/latest.json`` (a new version, pointer last)."""
     from finr1_core.release import refresh_latest
 
     c = config_from(cfg)
-    pointer = refresh_latest(stages.store_for(c), distill)
-    create_link_artifact(key="release-latest", link=pointer["latest"], description=f"latest release (run {c.run_id})")
+    store = stages.store_for(c)
+    pointer = refresh_latest(c.storage_root, c.run_id, storage_options=store.storage_options, info={"distill": distill})
+    create_link_artifact(key="release-latest", link=pointer["uri"], description=f"latest release (run {c.run_id})")
     return pointer
 
 

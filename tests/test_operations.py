@@ -4,9 +4,11 @@ scheduler, failed-shard retries and incremental re-distillation (issue 6).
 Everything is real and torn down by PID:
 - moto's S3 server (``moto_server`` subprocess) holds the storage root, the response cache and
   Prefect's persisted results (a saved ``RemoteFileSystem`` block);
-- ``finr1 server up`` starts ``prefect server start`` (temporary PREFECT_HOME, a free port), the
-  ``finr1-process`` pool, the ``teacher`` tag concurrency limit and a process worker, and deploys
-  ``deployments/prefect.yaml``; ``finr1 server down`` stops them by PID;
+- ``finr1 server up`` runs ``prefect server start --background`` (temporary PREFECT_HOME, a free
+  port) on PostgreSQL (a fresh database per session on 127.0.0.1:5432), the ``finr1-process``
+  pool, the ``teacher`` tag concurrency limit and a process worker, and deploys
+  ``deployments/prefect.yaml``; ``finr1 server down`` stops the worker by PID and the server with
+  ``prefect server stop``;
 - two fault-injecting OpenAI-compatible servers (``tests/fake_openai.py`` subprocesses) act as
   teacher and judge, and record every request they receive, so the tests count what was paid for.
 
@@ -31,6 +33,7 @@ import yaml
 from finr1_core.config import REPO_ROOT
 from finr1_core.storage import Store
 from tests.fake_openai import FakeOpenAIProcess
+from tests.pg import fresh_database, psql
 
 pytestmark = pytest.mark.e2e
 
@@ -63,6 +66,19 @@ def _kill_group(pid: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(1.0)
+
+
+def _kill_pid(pid: int) -> None:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        p.terminate()
+        p.wait(10)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        p.kill()
 
 
 class Ops:
@@ -124,8 +140,15 @@ class Ops:
         return "\n".join(l["message"] for l in logs)[-6000:]
 
 
+@pytest.fixture(scope="session")
+def pg_database():
+    """A fresh PostgreSQL database for this session's Prefect server, dropped at the end."""
+    with fresh_database("finr1_ops") as db:
+        yield db
+
+
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory):
+def ops(tmp_path_factory, pg_database):
     tmp = tmp_path_factory.mktemp("ops")
     pids: list[int] = []
     moto_port = _free_port()
@@ -133,6 +156,7 @@ def ops(tmp_path_factory):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     pids.append(moto.pid)
     teacher = judge = None
+    state: dict = {}
     home = tmp / "prefect"
     try:
         _wait_port(moto_port)
@@ -162,38 +186,56 @@ def ops(tmp_path_factory):
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_WORKER_QUERY_SECONDS="1",
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", AWS_ENDPOINT_URL=s3["endpoint_url"], AWS_ACCESS_KEY_ID="testing",
-                   AWS_SECRET_ACCESS_KEY="testing", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+                   AWS_SECRET_ACCESS_KEY="testing", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+                   PREFECT_API_DATABASE_CONNECTION_URL=pg_database[0])
         o = Ops(env, f"http://127.0.0.1:{port}/api", home, cfg_path, teacher, judge, s3)
         t0 = time.time()
         up = o.cli("finr1", "server", "up", "--port", str(port), "--home", str(home), "--teacher-limit", "2", timeout=300)
         o.up, o.up_seconds = up, time.time() - t0
-        state = json.loads((home / "server.json").read_text()) if (home / "server.json").exists() else {}
-        pids += [p for p in (state.get("worker_pid"), state.get("server_pid")) if p]
+        if (home / "worker.json").exists():
+            state["worker_pid"] = json.loads((home / "worker.json").read_text())["pid"]
+        if (home / "server.pid").exists():
+            state["server_pid"] = int((home / "server.pid").read_text())
+        o.db = pg_database[1]
         assert up.returncode == 0, up.stdout + up.stderr
         o.state = state
         yield o
     finally:
-        if (home / "server.json").exists():
-            subprocess.run([str(BIN / "finr1"), "server", "down", "--home", str(home)], capture_output=True, timeout=60)
+        if (home / "server.pid").exists() or (home / "worker.json").exists():
+            subprocess.run([str(BIN / "finr1"), "server", "down", "--home", str(home)], capture_output=True, timeout=120)
         for f in (teacher, judge):
             if f is not None:
                 f.close()
         for pid in reversed(pids):  # anything still alive (server down failed): by PID, its own group
             _kill_group(pid) if _group_alive(pid) else None
+        if state.get("worker_pid") and _group_alive(state["worker_pid"]):
+            _kill_group(state["worker_pid"])
+        if state.get("server_pid"):
+            _kill_pid(state["server_pid"])
 
 
 def _group_alive(pgid: int) -> bool:
-    from flows.server import _group
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
-    return bool(_group(pgid))
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
 
 
 # ------------------------------------------------------------------------------------------ tests
 def test_server_up_pool_limit_and_deployments(ops):
     assert "server up at" in ops.up.stdout and "deployed deployments/prefect.yaml" in ops.up.stdout, ops.up.stdout
     for k in ("server_pid", "worker_pid"):
-        assert Path(f"/proc/{ops.state[k]}").exists()
+        assert _alive(ops.state[k])
     assert ops.http.get("/health").json() is True
+    assert "database: postgres" in ops.up.stdout  # the server runs on PostgreSQL, in this session's database
+    assert psql(ops.db, "select name, type from work_pool where name = 'finr1-process'") == "finr1-process|process"
     pool = ops.http.get("/work_pools/finr1-process").json()
     assert pool["type"] == "process"
     limit = ops.http.get("/concurrency_limits/tag/teacher").json()
@@ -335,11 +377,11 @@ def test_failed_shard_then_flow_run_retry_redoes_only_that_shard(ops):
     assert store.stage_manifest("distill")["rows"] == 16
 
 
-def test_server_down_stops_by_pid(ops):
+def test_server_down_stops_worker_and_server(ops):
+    n_runs = int(psql(ops.db, "select count(*) from flow_run"))
     p = ops.cli("finr1", "server", "down", "--home", str(ops.home))
     assert p.returncode == 0, p.stdout + p.stderr
-    for k in ("worker_pid", "server_pid"):
-        pid = ops.state[k]
-        assert f"pid {pid}" in p.stdout
-        assert not _group_alive(pid)
-    assert not (ops.home / "server.json").exists()
+    assert f"stopped worker (pid {ops.state['worker_pid']}" in p.stdout and "Server stopped!" in p.stdout, p.stdout
+    assert not _group_alive(ops.state["worker_pid"]) and not _alive(ops.state["server_pid"])
+    assert not (ops.home / "server.pid").exists() and not (ops.home / "worker.json").exists()
+    assert n_runs > 0 and int(psql(ops.db, "select count(*) from flow_run")) == n_runs  # the runs stay in PostgreSQL

@@ -1,7 +1,8 @@
 """Source registry and ``load_source``: one loader per Fin-R1 source, one normalized record schema.
 
 ``load_source(name, path=None, hub_id=None, split=None, limit=None)`` reads either local files
-(json, jsonl, csv, parquet, arrow, a directory of those, FinCUGE positional arrays) or a Hugging
+(json, jsonl, csv, parquet, arrow, a directory of those, FinCUGE positional arrays; local or
+``s3://``) or a Hugging
 Face dataset through ``datasets.load_dataset(hub_id, split=...)``, and returns an
 :class:`IngestResult` with ``records`` (see :mod:`finr1_core.records`) and ``quarantine`` rows
 (each with a one-line ``reason``). ``rows_in == len(records) + len(quarantine)``, always.
@@ -113,8 +114,11 @@ def load_source(
     split: str | None = None,
     limit: int | None = None,
     hub_kwargs: dict[str, Any] | None = None,
+    storage_options: dict | None = None,
 ) -> IngestResult:
-    """Load one source from local ``path`` or the hub (``hub_id``, default: the registry's).
+    """Load one source from ``path`` (a local path or an fsspec URI such as ``s3://bucket/dir``,
+    opened with ``storage_options`` over the environment's) or the hub (``hub_id``, default: the
+    registry's).
 
     ``limit`` caps the rows read (in file order). ``hub_kwargs`` go to ``datasets.load_dataset``
     (e.g. ``data_files=`` for the packaged ``json``/``csv``/``parquet`` builders).
@@ -125,8 +129,8 @@ def load_source(
     task_of = L.fincuge_task_of if name == "fincuge" else None
     skipped: list[str] = []
     if path:
-        files, skipped = list_files(path)
-        readers = (read_file(f) for f in files)
+        files, skipped = list_files(path, storage_options)
+        readers = (read_file(f, storage_options) for f in files)
     else:
         hid = hub_id or info.hub_id
         if not hid:

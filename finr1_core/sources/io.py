@@ -1,18 +1,24 @@
 """Reading upstream files: json (list, dict of lists, wrapped list, or jsonl inside), jsonl, csv,
 parquet, arrow, directories of those, and the Hugging Face hub through ``datasets``.
 
+Every path is an fsspec URI: a local path or ``s3://bucket/prefix`` (any fsspec protocol). Options
+(``endpoint_url``...) come from ``storage_options``, and for s3 from the environment
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``): see :func:`source_fs`.
+
 A file that is not the format its name claims raises :class:`IngestError` with one line naming the
 file and the problem. A single bad line inside an otherwise valid jsonl file is not a format
 error: it comes back as a :class:`BadRow` and is quarantined.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+import fsspec
 
 SUPPORTED = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
 
@@ -75,10 +81,28 @@ def _clean_value(v: Any) -> Any:
     return v
 
 
-def _read_text(path: str) -> str:
+def source_fs(path: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path without protocol) for a source URI. For s3 the environment's endpoint and
+    keys come first and ``storage_options`` override them."""
+    from ..storage import storage_options_from_env
+
+    opts = {**storage_options_from_env(path), **(storage_options or {})}
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            return f.read()
+        return fsspec.core.url_to_fs(path, **opts)
+    except (ImportError, ValueError) as e:
+        raise IngestError(f"{path}: cannot open ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    try:
+        return fs.cat_file(path)
+    except OSError as e:
+        raise IngestError(f"{path}: cannot read ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _read_text(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    try:
+        return _read_bytes(fs, path).decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise IngestError(f"{path}: not a UTF-8 text file ({_first_line(e)})") from None
 
@@ -131,11 +155,11 @@ def _json_rows(path: str, text: str) -> list[Any]:
     raise IngestError(f"{path}: JSON top level is {type(obj).__name__}, expected a list of records or an object")
 
 
-def _csv_rows(path: str) -> list[dict]:
+def _csv_rows(fs: fsspec.AbstractFileSystem, path: str) -> list[dict]:
     import pandas as pd
 
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        df = pd.read_csv(io.BytesIO(_read_bytes(fs, path)), dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise IngestError(f"{path}: not a UTF-8 CSV file ({_first_line(e)})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
@@ -146,22 +170,24 @@ def _csv_rows(path: str) -> list[dict]:
     return df.to_dict("records")
 
 
-def _parquet_rows(path: str) -> list[dict]:
+def _parquet_rows(fs: fsspec.AbstractFileSystem, path: str) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
     except (pa.ArrowInvalid, OSError) as e:
         raise IngestError(f"{path}: not a Parquet file ({_first_line(e)})") from None
     return [{k: _clean_value(v) for k, v in r.items()} for r in table.to_pylist()]
 
 
-def _arrow_rows(path: str) -> list[dict]:
+def _arrow_rows(fs: fsspec.AbstractFileSystem, path: str) -> list[dict]:
     import pyarrow as pa
 
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     try:
-        with pa.memory_map(path) as src:
+        with (pa.memory_map(path) if local else pa.BufferReader(_read_bytes(fs, path))) as src:
             try:
                 table = pa.ipc.open_stream(src).read_all()
             except pa.ArrowInvalid:
@@ -172,38 +198,55 @@ def _arrow_rows(path: str) -> list[dict]:
     return table.to_pylist()
 
 
-def read_file(path: str) -> FileRows:
-    ext = Path(path).suffix.lower()
+def read_file(path: str, storage_options: dict | None = None) -> FileRows:
+    """Rows of one file (a local path or any fsspec URI)."""
+    fs, p = source_fs(path, storage_options)
+    ext = Path(p).suffix.lower()
     if ext == ".jsonl":
-        rows = _jsonl_rows(path, _read_text(path))
+        rows = _jsonl_rows(path, _read_text(fs, p))
     elif ext == ".json":
-        rows = _json_rows(path, _read_text(path))
+        rows = _json_rows(path, _read_text(fs, p))
     elif ext == ".csv":
-        rows = _csv_rows(path)
+        rows = _csv_rows(fs, p)
     elif ext == ".parquet":
-        rows = _parquet_rows(path)
+        rows = _parquet_rows(fs, p)
     elif ext == ".arrow":
-        rows = _arrow_rows(path)
+        rows = _arrow_rows(fs, p)
     else:
         raise IngestError(f"{path}: unsupported file type {ext or '(no extension)'!r} (expected one of {', '.join(SUPPORTED)})")
     return FileRows(source_file=str(path), rows=rows, split_hint=split_hint(str(path)))
 
 
-def list_files(path: str) -> tuple[list[str], list[str]]:
-    """(data files, skipped files) under ``path``: a file, or a directory searched recursively."""
-    p = Path(path)
-    if not p.exists():
-        raise IngestError(f"{path}: no such file or directory")
-    if p.is_file():
-        return [str(p)], []
+def _walk_order(path: str) -> list[tuple[int, str]]:
+    """Sort key giving top-down walk order: a directory's files (by name), then its subdirectories."""
+    parts = path.split("/")
+    return [(1, d) for d in parts[:-1]] + [(0, parts[-1])]
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def list_files(path: str, storage_options: dict | None = None) -> tuple[list[str], list[str]]:
+    """(data files, skipped files) under ``path``: a file, or a directory searched recursively.
+    Local paths come back as given; remote ones as URIs with their protocol (``s3://...``)."""
+    fs, p = source_fs(path, storage_options)
+    try:
+        if not fs.exists(p):
+            raise IngestError(f"{path}: no such file or directory")
+        if fs.isfile(p):
+            return [str(path)], []
+        found = fs.find(p)
+    except OSError as e:
+        raise IngestError(f"{path}: cannot list ({type(e).__name__}: {_first_line(e)})") from None
+    base, prefix = p.rstrip("/"), str(path).rstrip("/")
     files, skipped = [], []
-    for root, dirs, names in os.walk(p):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for n in sorted(names):
-            if n.startswith("."):
-                continue
-            full = os.path.join(root, n)
-            (files if Path(n).suffix.lower() in SUPPORTED else skipped).append(full)
+    for f in sorted(found, key=_walk_order):
+        rel = f[len(base):].lstrip("/") if f.startswith(base) else f.rsplit("/", 1)[-1]
+        if not rel or _hidden(rel):
+            continue
+        full = f"{prefix}/{rel}"
+        (files if Path(rel).suffix.lower() in SUPPORTED else skipped).append(full)
     if not files:
         raise IngestError(f"{path}: directory holds no data files ({', '.join(SUPPORTED)})")
     return files, skipped
