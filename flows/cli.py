@@ -222,5 +222,26 @@ def server_down_cmd(home: str = typer.Option(None, "--home", help="As given to `
     server_down(home=home, log=lambda m: console.print(m, highlight=False, markup=False))
 # ---------------------------------------------------------------- end ops
 
+# ---------------------------------------------------------------- integrity: check a run's shards
+@app.command("check")
+def check_cmd(
+    run_id: str = typer.Argument(..., help="The run to check"),
+    storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under"),
+    quick: bool = typer.Option(False, "--quick", help="Compare sizes only (no content hashes)"),
+) -> None:
+    """List every stage of a run with its shards (ok, missing, damaged) and the command that
+    repairs them. Exit 0 only when every committed shard is intact (1 when some are not)."""
+    from finr1_core.storage import Store, check_run
+
+    store = Store(storage, run_id)
+    if not store.exists(store.uri("config.json")) and not store.stages():
+        fail(f"no run {run_id!r} under {storage}")
+    lines, ok = check_run(store, deep=not quick)
+    for line in lines:
+        print(line)
+    raise typer.Exit(0 if ok else 1)
+# ---------------------------------------------------------------- end check
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
