@@ -104,6 +104,15 @@ class Store:
         """Filesystem path (no protocol) for fs calls."""
         return self.fs._strip_protocol(uri)
 
+    def fs_path(self, uri: str) -> str:
+        """Filesystem path (no protocol) of ``uri``, for calls on ``self.fs``."""
+        return self._p(uri)
+
+    @property
+    def is_local(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        return "file" in protocol or "local" in protocol
+
     def stage_uri(self, stage: str) -> str:
         return self.uri(stage)
 
