@@ -321,6 +321,11 @@ def _one_line(err: ValidationError) -> str:
     return f"config error: {loc}: {msg}{got_s}{more}"
 
 
+def one_line_error(err: ValidationError) -> str:
+    """A pydantic validation error as the one-line ``config error: KEY: ...`` message."""
+    return _one_line(err)
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
     """Load, expand ``${EMBEDDED_MODEL}``/``${REPO}`` and validate. Raises ConfigError (one line)."""
     path = Path(path) if path else REPO_ROOT / "configs" / "embedded.yaml"

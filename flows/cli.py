@@ -81,6 +81,7 @@ def retry_failed(
     run_id: str = typer.Argument(..., help="The run whose failed shards to redo"),
     storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under"),
     stop_after: str = typer.Option(None, "--stop-after", help="Stop after this stage"),
+    sets: list[str] = typer.Option(None, "--set", help="Fix the saved config first: dotted KEY=VALUE (repeatable), e.g. teacher.endpoints.0.base_url=http://host:8000/v1; recorded in the run's lineage.jsonl"),
 ) -> None:
     """Re-run a run with the config it was started with: committed shards are skipped, only the
     failed or missing ones are redone (no response is paid for twice)."""
@@ -89,11 +90,14 @@ def retry_failed(
     import yaml
 
     from finr1_core import pipeline
+    from finr1_core.lineage import amend_run_config
 
     try:
-        cfg = pipeline.load_run_config(storage, run_id)
+        cfg = amend_run_config(storage, run_id, sets) if sets else pipeline.load_run_config(storage, run_id)
     except ValueError as e:
         fail(str(e))
+    for s in sets or []:
+        console.print(f"set {s} (recorded in {storage}/{run_id}/lineage.jsonl)", highlight=False, markup=False)
     for stage, missing in pipeline.pending_shards(cfg).items():
         console.print(f"{stage}: {len(missing)} shard(s) to redo{': ' + ', '.join(missing) if missing else ''}")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"finr1-{run_id}-", delete=False) as f:
