@@ -115,7 +115,7 @@ class RunLease:
             holder = self._try_take()
             if holder is None:
                 break
-            msg = self._held_message(holder)
+            msg = self.held_message(holder)
             if not self.wait or (deadline is not None and time.monotonic() > deadline):
                 raise LeaseHeld(msg, holder)
             if not said:
@@ -160,7 +160,7 @@ class RunLease:
                 "token": self.token, "started_at": self.started_at or _iso(now), "heartbeat_at": _iso(now),
                 "heartbeat": now, "ttl_s": self.ttl_s, "heartbeat_s": self.heartbeat_s}
 
-    def _held_message(self, holder: dict) -> str:
+    def held_message(self, holder: dict) -> str:
         retry = f"finr1 run --run-id {self.run_id} --wait"
         return (f"run {self.run_id} is in use by {describe_holder(holder)}: wait for it with `{retry}`, "
                 f"or re-run once its heartbeat is older than {float(holder.get('ttl_s', 0)):.0f}s to take the lease over")
@@ -293,3 +293,14 @@ class RunLease:
         except (FileNotFoundError, OSError):
             pass  # already gone, or taken over: not ours to remove
         self.store.fs.invalidate_cache(self.path)
+
+
+def check_free(store_root: str, run_id: str, storage_options: dict | None = None) -> dict | None:
+    """Fail fast before starting anything: raise :class:`LeaseHeld` if a live owner holds ``run_id``.
+    Returns the expired holder's document when there is one to take over (else None). Takes nothing:
+    the run itself still takes the lease (a race between two runs is settled there)."""
+    probe = RunLease(store_root, run_id, storage_options=storage_options)
+    doc = probe.read()
+    if doc is not None and not is_stale(doc):
+        raise LeaseHeld(probe.held_message(doc), doc)
+    return doc

@@ -144,3 +144,17 @@ def test_s3_server_honours_conditional_puts(moto_s3):
     with pytest.raises(OSError):
         fs.pipe_file(p, b"4", IfMatch=first["ETag"])  # stale ETag
     assert fs.cat_file(p) == b"3"
+
+
+def test_check_free_fails_fast_without_taking(tmp_path):
+    root = str(tmp_path / "runs")
+    from finr1_core.lease import check_free
+
+    assert check_free(root, "r") is None
+    with RunLease(root, "r", owner="busy-owner", ttl_s=30):
+        with pytest.raises(LeaseHeld, match="run r is in use by busy-owner"):
+            check_free(root, "r")
+    assert check_free(root, "r") is None  # released
+    crashed = RunLease(root, "r2")
+    crashed.store.write_json(crashed.uri, {"owner": "gone", "host": "h", "pid": 1, "heartbeat": time.time() - 100, "ttl_s": 30})
+    assert check_free(root, "r2")["owner"] == "gone" and crashed.read()["owner"] == "gone"  # expired, and not taken
