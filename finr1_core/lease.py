@@ -264,7 +264,7 @@ class RunLease:
             out = self.store.fs.pipe_file(self.path, data, IfMatch=self.etag)
         except (FileNotFoundError, OSError):
             doc, _ = self._read()
-            return False if not doc or doc.get("token") != self.token else True  # a transient error: keep it
+            return bool(doc) and doc.get("token") == self.token  # ours still: a transient error, keep it
         self.etag = (out or {}).get("ETag") or self.etag
         return True
 
