@@ -248,7 +248,7 @@ class Store:
         if not self.fs.exists(d):
             return []
         out = []
-        for p in sorted(self.fs.ls(d, detail=False)):
+        for p in sorted(self.fs.ls(d, detail=False, refresh=True)):
             if p.endswith(".json"):
                 out.append(json.loads(self.fs.cat_file(p)))
         return sorted(out, key=lambda e: e["shard"])
@@ -320,7 +320,7 @@ class Store:
         if not self.fs.exists(base):
             return []
         out = []
-        for p in self.fs.ls(base, detail=False):
+        for p in self.fs.ls(base, detail=False, refresh=True):
             name = p.rstrip("/").rsplit("/", 1)[-1]
             if name.startswith(("_", ".")):
                 continue
