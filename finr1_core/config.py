@@ -10,11 +10,13 @@ Secrets (API keys) are never stored in the config: the config names an environme
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +31,30 @@ def embedded_model_dir() -> Path:
 
 class ConfigError(ValueError):
     """A config problem, always rendered as one line."""
+
+
+# The pipeline's stages, in run order (what --stop-after accepts).
+STAGES = ("ingest", "prompts", "distill", "score", "split", "sft", "grpo", "eval", "report")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_http_url(v: str) -> str:
+    """``v`` if it is an http(s) URL with a host, else ValueError (one line)."""
+    u = urlparse(v.strip())
+    if u.scheme not in ("http", "https") or not u.hostname or " " in v.strip():
+        raise ValueError("must be an http(s) URL such as http://host:8000/v1 (or null for the managed local server)")
+    try:
+        u.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise ValueError("must be an http(s) URL with a valid port") from None
+    return v.strip()
+
+
+def check_run_id(v: str) -> str:
+    if not RUN_ID_RE.match(v):
+        raise ValueError("must be 1-128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return v
 
 
 class _Strict(BaseModel):
@@ -78,6 +104,25 @@ class EndpointConfig(_Strict):
         None, description="Prefect Secret block holding the API key; resolved by the Prefect task, the environment variable wins"
     )
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_http_url(v)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not ENV_NAME_RE.match(v):
+            raise ValueError("must be an environment variable name (letters, digits, '_'), not the key itself")
+        return v
+
 
 class ServeConfig(_Strict):
     """How the pipeline gets its model server. `managed` starts `transformers serve` itself."""
@@ -116,6 +161,30 @@ class LLMRole(_Strict):
     )
     backoff_base_s: float = Field(0.5, gt=0, description="First retry delay; doubles per attempt, with jitter")
     backoff_max_s: float = Field(20.0, gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[EndpointConfig]) -> list[EndpointConfig]:
+        if not v:
+            raise ValueError("needs at least one endpoint")
+        names = [e.name for e in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"endpoint names must be unique (repeated: {', '.join(dup)})")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> "LLMRole":
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError(f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_base_s ({self.backoff_base_s})")
+        return self
 
 
 class DistillConfig(_Strict):
@@ -192,13 +261,49 @@ class PipelineConfig(_Strict):
     @field_validator("storage_root")
     @classmethod
     def _root(cls, v: str) -> str:
-        if not v:
+        if not v or not v.strip():
             raise ValueError("must be a local path or an fsspec URI such as s3://bucket/prefix")
+        if "://" in v:
+            import fsspec
+
+            protocol, rest = v.split("://", 1)
+            if protocol not in fsspec.available_protocols():
+                raise ValueError(f"unknown storage protocol {protocol!r}: use a local path or s3://bucket/prefix")
+            if not rest.strip("/"):
+                raise ValueError(f"{protocol}:// needs a bucket, e.g. {protocol}://bucket/prefix")
         return v
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: str | None) -> str | None:
+        return None if v is None else check_run_id(v)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "PipelineConfig":
+        if self.serve.kind == "external":
+            for role in ("teacher", "judge"):
+                for i, ec in enumerate(getattr(self, role).endpoints):
+                    if not ec.base_url:
+                        raise ValueError(f"{role}.endpoints.{i}.base_url: required when serve.kind is external (no managed local server)")
+        check_sources(self.data.sources)
+        return self
 
     def public_dict(self) -> dict:
         """The config as written to manifests and reports: it never holds secrets by design."""
         return self.model_dump(mode="json")
+
+
+def check_sources(sources: list[SourceSpec]) -> None:
+    """Every source is a known one, and none is listed twice with the same role."""
+    from finr1_core.sources import SOURCES
+
+    seen: set[tuple[str, str]] = set()
+    for i, s in enumerate(sources):
+        if s.name not in SOURCES:
+            raise ValueError(f"data.sources.{i}.name: unknown source {s.name!r} (see `finr1 sources`)")
+        if (s.name, s.role) in seen:
+            raise ValueError(f"data.sources.{i}.name: source {s.name!r} is listed twice")
+        seen.add((s.name, s.role))
 
 
 _EMBEDDED_TOKENS = {"${EMBEDDED_MODEL}": lambda: str(embedded_model_dir()), "${REPO}": lambda: str(REPO_ROOT)}
@@ -221,12 +326,22 @@ def _one_line(err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "<root>"
     msg = e["msg"]
+    if e["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        m = re.match(r"^([\w.]+): (.*)$", msg)
+        if m and loc == "<root>":  # a cross-field check names its own field
+            loc, msg = m.group(1), m.group(2)
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
     got = e.get("input")
     got_s = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
     return f"config error: {loc}: {msg}{got_s}{more}"
+
+
+def one_line_error(err: ValidationError) -> str:
+    """A pydantic validation error as the one-line ``config error: KEY: ...`` message."""
+    return _one_line(err)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:

@@ -9,7 +9,10 @@ Layout (DESIGN.md section 1)::
 
 A shard commits atomically: it is written under ``_tmp``, moved into place, and only then is its
 manifest entry written. A reader lists manifest entries, never bare files, so it never sees a
-partial shard. Re-runs skip shards whose entry exists with the same config hash.
+partial shard. Each entry records the file's size and the sha256 of its bytes: a shard counts as
+committed only while its file is there and matches (size always, content hash when asked), so a
+lost or damaged shard is pending again and the stage re-runs it. Re-runs skip shards whose entry
+exists with the same config hash and whose file is intact.
 """
 from __future__ import annotations
 
@@ -68,9 +71,18 @@ class ShardInfo:
     schema: list[str]
     extra: dict
     committed_at: str
+    size: int | None = None
+    sha256: str | None = None
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
+
+
+SHARD_OK, SHARD_MISSING, SHARD_DAMAGED = "ok", "missing", "damaged"
+
+
+class ShardUnreadable(FileNotFoundError):
+    """A committed shard whose file is gone or damaged; the message names it and the repair."""
 
 
 class Store:
@@ -92,22 +104,21 @@ class Store:
         """Filesystem path (no protocol) of ``uri``, for calls on ``self.fs``."""
         return self.fs._strip_protocol(uri)
 
-    _p = fs_path
-
     @property
     def is_local(self) -> bool:
-        return self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol or ())
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        return "file" in protocol or "local" in protocol
 
     def stage_uri(self, stage: str) -> str:
         return self.uri(stage)
 
     # ---------------------------------------------------------------- raw helpers
     def exists(self, uri: str) -> bool:
-        return self.fs.exists(self._p(uri))
+        return self.fs.exists(self.fs_path(uri))
 
     def write_bytes_atomic(self, uri: str, data: bytes) -> None:
         """Write to a temporary sibling name, then move into place (rename locally; one PUT on s3)."""
-        target = self._p(uri)
+        target = self.fs_path(uri)
         parent = target.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         if self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol or ()):
@@ -119,7 +130,7 @@ class Store:
             self.fs.pipe_file(target, data)
 
     def read_bytes(self, uri: str) -> bytes:
-        return self.fs.cat_file(self._p(uri))
+        return self.fs.cat_file(self.fs_path(uri))
 
     def write_json(self, uri: str, obj: Any) -> None:
         self.write_bytes_atomic(uri, json.dumps(obj, ensure_ascii=False, indent=2, default=str).encode())
@@ -131,13 +142,67 @@ class Store:
         self.write_bytes_atomic(uri, text.encode())
 
     # ---------------------------------------------------------------- shards
-    def shard_committed(self, stage: str, shard: str, cfg_hash: str | None = None) -> bool:
-        entry = self.uri(stage, "_shards", f"{shard}.json")
-        if not self.exists(entry):
+    def shard_entry(self, stage: str, shard: str) -> dict | None:
+        """The shard's index entry, or None when it has none."""
+        uri = self.uri(stage, "_shards", f"{shard}.json")
+        try:
+            return json.loads(self.read_bytes(uri))
+        except FileNotFoundError:
+            return None
+
+    def shard_status(self, entry: dict, deep: bool = False, sizes: dict[str, int] | None = None) -> str:
+        """``ok``, ``missing`` or ``damaged``: the entry's file exists with the recorded size (and,
+        when ``deep``, the recorded sha256). Entries written before sizes were recorded are only
+        checked for existence (and, when ``deep``, for a readable Parquet footer). ``sizes`` (from
+        :meth:`file_sizes`) saves one request per shard when checking a whole stage."""
+        p = self.fs_path(self._shard_file(entry))
+        if sizes is None:
+            if not self.is_local:
+                self.fs.invalidate_cache(p)  # another process may have changed it since we listed
+            try:
+                actual = int(self.fs.info(p).get("size") or 0)
+            except FileNotFoundError:
+                return SHARD_MISSING
+        elif f"{entry['shard']}.parquet" not in sizes:
+            return SHARD_MISSING
+        else:
+            actual = sizes[f"{entry['shard']}.parquet"]
+        size = entry.get("size")
+        if size is not None and actual != int(size):
+            return SHARD_DAMAGED
+        if not deep:
+            return SHARD_OK
+        data = self.fs.cat_file(p)
+        if entry.get("sha256"):
+            return SHARD_OK if hashlib.sha256(data).hexdigest() == entry["sha256"] else SHARD_DAMAGED
+        try:
+            pq.ParquetFile(io.BytesIO(data))
+        except (pa.ArrowInvalid, OSError):
+            return SHARD_DAMAGED
+        return SHARD_OK
+
+    def file_sizes(self, stage: str) -> dict[str, int]:
+        """``{file name: size}`` of the files directly in a stage directory (one fresh listing)."""
+        d = self.fs_path(self.uri(stage))
+        try:
+            items = self.fs.ls(d, detail=True, refresh=True)
+        except FileNotFoundError:
+            return {}
+        return {i["name"].rstrip("/").rsplit("/", 1)[-1]: int(i.get("size") or 0) for i in items if i.get("type") != "directory"}
+
+    def _shard_file(self, entry: dict) -> str:
+        """Where the shard lives in this store (the entry's recorded path may be relative to another cwd)."""
+        return self.uri(entry.get("stage") or "", f"{entry['shard']}.parquet")
+
+    def shard_committed(self, stage: str, shard: str, cfg_hash: str | None = None, deep: bool = False) -> bool:
+        """The shard has an index entry (with ``cfg_hash`` when given) and its file is intact:
+        present with the recorded size, and the recorded content hash too when ``deep``."""
+        entry = self.shard_entry(stage, shard)
+        if entry is None:
             return False
-        if cfg_hash is None:
-            return True
-        return self.read_json(entry).get("config_hash") == cfg_hash
+        if cfg_hash is not None and entry.get("config_hash") != cfg_hash:
+            return False
+        return self.shard_status(entry, deep=deep) == SHARD_OK
 
     def write_shard(
         self,
@@ -154,8 +219,9 @@ class Store:
         table = to_table(table, schema)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
+        data = buf.getvalue()
         path = self.uri(stage, f"{shard}.parquet")
-        self.write_bytes_atomic(path, buf.getvalue())
+        self.write_bytes_atomic(path, data)
         info = ShardInfo(
             stage=stage,
             shard=shard,
@@ -166,24 +232,41 @@ class Store:
             schema=[f"{f.name}: {f.type}" for f in table.schema],
             extra=extra or {},
             committed_at=datetime.now(timezone.utc).isoformat(),
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
         )
         self.write_json(self.uri(stage, "_shards", f"{shard}.json"), info.to_json())
         return info
 
     def shards(self, stage: str) -> list[dict]:
         """Manifest entries of committed shards, sorted by shard name."""
-        d = self._p(self.uri(stage, "_shards"))
+        d = self.fs_path(self.uri(stage, "_shards"))
         if not self.fs.exists(d):
             return []
         out = []
-        for p in sorted(self.fs.ls(d, detail=False)):
+        for p in sorted(self.fs.ls(d, detail=False, refresh=True)):
             if p.endswith(".json"):
                 out.append(json.loads(self.fs.cat_file(p)))
         return sorted(out, key=lambda e: e["shard"])
 
     def read_shard(self, stage: str, shard: str) -> pa.Table:
-        with self.fs.open(self._p(self.uri(stage, f"{shard}.parquet")), "rb") as f:
-            return pq.read_table(f)
+        """One shard's rows. A missing or unreadable file raises :class:`ShardUnreadable`, whose one
+        line names the shard and the repair (a re-run rebuilds it: it no longer counts as committed)."""
+        uri = self.uri(stage, f"{shard}.parquet")
+        try:
+            with self.fs.open(self.fs_path(uri), "rb") as f:
+                return pq.read_table(f)
+        except FileNotFoundError:
+            raise ShardUnreadable(f"{stage}/{shard}: shard file missing ({uri}); {self.repair_hint()}") from None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ShardUnreadable(f"{stage}/{shard}: shard file damaged ({type(e).__name__}: {str(e)[:120]}); {self.repair_hint()}") from None
+
+    def repair_hint(self) -> str:
+        return f"check with `{self.cli_command('check')}`, repair with `{self.cli_command('retry-failed')}`"
+
+    def cli_command(self, name: str) -> str:
+        """``finr1 NAME RUN_ID [--storage ROOT]`` for this run (no --storage for the default root)."""
+        return f"finr1 {name} {self.run_id}" + ("" if self.root == "runs" else f" --storage {self.root}")
 
     def read_stage(self, stage: str, shards: list[str] | None = None) -> pa.Table:
         """All committed shards of a stage concatenated (an empty table if there are none)."""
@@ -218,9 +301,40 @@ class Store:
         uri = self.uri(stage, "_manifest.json")
         return self.read_json(uri) if self.exists(uri) else None
 
-    def stage_complete(self, stage: str, cfg_hash: str) -> bool:
+    def stage_complete(self, stage: str, cfg_hash: str, deep: bool = False) -> bool:
+        """The stage manifest exists with ``cfg_hash`` and every shard it lists is intact."""
         m = self.stage_manifest(stage)
-        return bool(m) and m.get("config_hash") == cfg_hash
+        if not m or m.get("config_hash") != cfg_hash:
+            return False
+        sizes = self.file_sizes(stage)
+        return all(self.shard_status(e, deep=deep, sizes=sizes) == SHARD_OK for e in m.get("shards", []))
+
+    # ---------------------------------------------------------------- integrity
+    def stages(self) -> list[str]:
+        """Stages of this run that have shards or a manifest, sorted by name."""
+        base = self.fs_path(self.base)
+        if not self.fs.exists(base):
+            return []
+        out = []
+        for p in self.fs.ls(base, detail=False, refresh=True):
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(("_", ".")):
+                continue
+            if self.fs.exists(f"{p}/_shards") or self.fs.exists(f"{p}/_manifest.json"):
+                out.append(name)
+        return sorted(out)
+
+    def verify(self, stage: str, deep: bool = True) -> dict[str, str]:
+        """Per shard of ``stage`` (index entries and the stage manifest's list): ok, missing or
+        damaged (``deep`` compares content hashes; otherwise sizes only)."""
+        entries = {e["shard"]: e for e in (self.stage_manifest(stage) or {}).get("shards", [])}
+        entries.update({e["shard"]: e for e in self.shards(stage)})
+        sizes = self.file_sizes(stage)
+        return {name: self.shard_status(e, deep=deep, sizes=sizes) for name, e in sorted(entries.items())}
+
+    def verify_run(self, deep: bool = True) -> dict[str, dict[str, str]]:
+        """:meth:`verify` of every stage of the run."""
+        return {st: self.verify(st, deep=deep) for st in self.stages()}
 
 
 def to_table(rows: Any, schema: pa.Schema | None = None) -> pa.Table:
@@ -234,3 +348,24 @@ def to_table(rows: Any, schema: pa.Schema | None = None) -> pa.Table:
     if not rows:
         return pa.table({})
     return pa.Table.from_pylist(rows)
+
+
+def check_run(store: Store, deep: bool = True) -> tuple[list[str], bool]:
+    """Lines describing every stage of the run and its shards (ok, missing, damaged), ending with
+    the command that repairs them; and whether everything is intact."""
+    lines, bad = [], []
+    for stage, status in store.verify_run(deep=deep).items():
+        counts = {k: sum(1 for v in status.values() if v == k) for k in (SHARD_OK, SHARD_MISSING, SHARD_DAMAGED)}
+        state = "complete" if store.exists(store.uri(stage, "_manifest.json")) else "in progress"
+        lines.append(f"{stage}: {len(status)} shard(s), {state}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        for shard, st in status.items():
+            if st != SHARD_OK:
+                lines.append(f"  {st:<8} {stage}/{shard}")
+                bad.append(f"{stage}/{shard}")
+    if not lines:
+        lines.append(f"run {store.run_id}: no stages under {store.base}")
+    if bad:
+        lines.append(f"{len(bad)} shard(s) missing or damaged; repair: {store.cli_command('retry-failed')}")
+    else:
+        lines.append("all shards intact")
+    return lines, not bad

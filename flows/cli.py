@@ -31,16 +31,24 @@ def prepare_model(force: bool = typer.Option(False, help="Redo the conversion ev
         fail(str(e))
 
 
-def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id: str | None, stop_after: str | None) -> None:
+def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id: str | None, stop_after: str | None,
+              wait: bool = False, check_endpoints: bool = True) -> None:
     import os
     import time
 
     from finr1_core.config import ConfigError, load_config
+    from finr1_core.lease import LeaseHeld, check_free
+    from finr1_core.preflight import PreflightError, check_run_options, preflight
 
-    # Validate before any work starts: a bad key fails here, in one line.
+    # Fail before work, in one line: options, the config, the endpoints, a run id in use.
     try:
-        load_config(config, {"storage_root": storage, "limit": limit})
-    except ConfigError as e:
+        check_run_options(stop_after=stop_after, limit=limit, run_id=run_id)
+        cfg = load_config(config, {"storage_root": storage, "limit": limit})
+        if check_endpoints:
+            preflight(cfg)
+        if run_id and not wait:
+            check_free(cfg.storage_root, run_id)
+    except (ConfigError, PreflightError, LeaseHeld) as e:
         fail(str(e))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -51,7 +59,8 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
     from flows.pipeline import finr1_pipeline
 
     t0 = time.time()
-    state = finr1_pipeline(config=config or "configs/embedded.yaml", storage_root=storage, limit=limit, run_id=run_id, stop_after=stop_after, return_state=True)
+    state = finr1_pipeline(config=config or "configs/embedded.yaml", storage_root=storage, limit=limit, run_id=run_id, stop_after=stop_after,
+                           wait=wait, return_state=True)
     if not state.is_completed():
         fail(f"run failed: {state.message}")
     out = state.result()
@@ -74,6 +83,8 @@ def run(
     run_id: str = typer.Option(None, "--run-id", help="Resume this run id (new when empty)"),
     stop_after: str = typer.Option(None, "--stop-after", help="Stop after this stage"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print prompts per source and route, estimated tokens, cost and wall time; call no model"),
+    wait: bool = typer.Option(False, "--wait", help="If another run holds this run id, wait for it instead of failing"),
+    no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip asking each teacher/judge endpoint for /v1/models before any work"),
 ) -> None:
     """Run the whole pipeline (the finr1-pipeline flow) with Prefect; logs show here."""
     if dry_run:
@@ -86,7 +97,7 @@ def run(
             fail(str(e))
         console.print(estimate.to_markdown(estimate.dry_run(cfg)), highlight=False, markup=False)
         return
-    _run_flow(config, storage, limit, run_id, stop_after)
+    _run_flow(config, storage, limit, run_id, stop_after, wait=wait, check_endpoints=not no_preflight)
 
 
 @app.command("retry-failed")
@@ -94,6 +105,9 @@ def retry_failed(
     run_id: str = typer.Argument(..., help="The run whose failed shards to redo"),
     storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under"),
     stop_after: str = typer.Option(None, "--stop-after", help="Stop after this stage"),
+    sets: list[str] = typer.Option(None, "--set", help="Fix the saved config first: dotted KEY=VALUE (repeatable), e.g. teacher.endpoints.0.base_url=http://host:8000/v1; recorded in the run's lineage.jsonl"),
+    wait: bool = typer.Option(False, "--wait", help="If another run holds this run id, wait for it instead of failing"),
+    no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip asking each teacher/judge endpoint for /v1/models before any work"),
 ) -> None:
     """Re-run a run with the config it was started with: committed shards are skipped, only the
     failed or missing ones are redone (no response is paid for twice)."""
@@ -102,18 +116,22 @@ def retry_failed(
     import yaml
 
     from finr1_core import stages
+    from finr1_core.lineage import amend_run_config
 
     try:
-        cfg = stages.load_run_config(storage, run_id)
+        cfg = amend_run_config(storage, run_id, sets) if sets else stages.load_run_config(storage, run_id)
     except ValueError as e:
         fail(str(e))
+    for s in sets or []:
+        console.print(f"set {s} (recorded in {storage}/{run_id}/lineage.jsonl)", highlight=False, markup=False)
     for stage, missing in stages.pending_shards(cfg).items():
         console.print(f"{stage}: {len(missing)} shard(s) to redo{': ' + ', '.join(missing) if missing else ''}")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"finr1-{run_id}-", delete=False) as f:
         yaml.safe_dump(cfg.public_dict(), f, allow_unicode=True)
-    _run_flow(f.name, storage, None, run_id, stop_after)
+    _run_flow(f.name, storage, None, run_id, stop_after, wait=wait, check_endpoints=not no_preflight)
 
-# ---------------------------------------------------------------- ingest (issue 3): sources, ingest
+
+# ---------------------------------------------------------------- ingest: sources, ingest
 @app.command("sources")
 def sources_cmd() -> None:
     """List every source: hub id, formats, answer types, language, role, licence."""
@@ -155,7 +173,7 @@ def ingest_cmd(
     console.print(f"records: {counts['records_uri']}\nquarantine: {counts['quarantine_uri']}", highlight=False, markup=False)
 # ---------------------------------------------------------------- end ingest
 
-# ---------------------------------------------------------------- verify (issue 5): rescoring JSONL
+# ---------------------------------------------------------------- verify: rescoring JSONL
 @app.command("verify")
 def verify_cmd(
     file: str = typer.Argument(..., help="JSONL, one object per line: gold, prediction, optional answer_type, optional question ('-' = stdin)"),
@@ -201,7 +219,7 @@ def verify_cmd(
 
 # ---------------------------------------------------------------- end verify
 
-# ---------------------------------------------------------------- ops (issue 6): local Prefect server
+# ---------------------------------------------------------------- ops: local Prefect server
 server_app = typer.Typer(help="Local Prefect server, finr1-process worker and deployments (make server / make server-down).", no_args_is_help=True)
 app.add_typer(server_app, name="server")
 
@@ -260,6 +278,27 @@ def release_push_cmd(
                      log=lambda m: console.print(m, highlight=False, markup=False))
     except ReleaseError as e:
         fail(str(e))
+
+
+# ---------------------------------------------------------------- integrity: check a run's shards
+@app.command("check")
+def check_cmd(
+    run_id: str = typer.Argument(..., help="The run to check"),
+    storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under"),
+    quick: bool = typer.Option(False, "--quick", help="Compare sizes only (no content hashes)"),
+) -> None:
+    """List every stage of a run with its shards (ok, missing, damaged) and the command that
+    repairs them. Exit 0 only when every committed shard is intact (1 when some are not)."""
+    from finr1_core.storage import Store, check_run
+
+    store = Store(storage, run_id)
+    if not store.exists(store.uri("config.json")) and not store.stages():
+        fail(f"no run {run_id!r} under {storage}")
+    lines, ok = check_run(store, deep=not quick)
+    for line in lines:
+        print(line)
+    raise typer.Exit(0 if ok else 1)
+# ---------------------------------------------------------------- end check
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,11 +49,11 @@ def data(config: str = DEFAULT_CONFIG, run_id: str | None = None, storage_root: 
         limit: Cap rows per source.
         stop_after: "ingest" to stop before the prompts.
     """
-    cfg = open_run(config, run_id, storage_root, limit)
-    ingested = ingest(cfg)
-    if stop_after == "ingest":
-        return []
-    return prompts(cfg, ingested)
+    with open_run(config, run_id, storage_root, limit) as cfg:
+        ingested = ingest(cfg)
+        if stop_after == "ingest":
+            return []
+        return prompts(cfg, ingested)
 
 
 @flow(name="finr1-distill-score", log_prints=False)
@@ -71,20 +71,20 @@ def distill_score(config: str = DEFAULT_CONFIG, run_id: str | None = None, stora
         score: Score the traces too (false = distil only).
         base_url: URL of an already running managed model server; empty = start one when the config needs it.
     """
-    cfg = open_run(config, require_run_id(run_id, "distill-score"), storage_root, limit)
-    everything = _prompt_shards(cfg)
-    todo = _select(everything, shards)
-    with model_server(cfg, base_url) as url:
-        distilled = distill_shard.map(unmapped(cfg), todo, unmapped(url))
-        scored = score_shard.map(unmapped(cfg), distilled, unmapped(url)) if score else []
-        failed = _failures(todo, distilled, scored)
-    if failed:
-        get_run_logger().error("%d shard(s) failed: %s", len(failed), failed)
-        return Failed(message=publish_failed_shards(cfg["run_id"], cfg["storage_root"], failed, len(todo)))
-    if len(todo) == len(everything):
-        finished = [finish_stage(cfg, "distill", todo)] + ([finish_stage(cfg, "score", todo)] if score else [])
-        stage_summary(cfg, *finished)
-    return _totals([f.result() for f in distilled])
+    with open_run(config, require_run_id(run_id, "distill-score"), storage_root, limit) as cfg:
+        everything = _prompt_shards(cfg)
+        todo = _select(everything, shards)
+        with model_server(cfg, base_url) as url:
+            distilled = distill_shard.map(unmapped(cfg), todo, unmapped(url))
+            scored = score_shard.map(unmapped(cfg), distilled, unmapped(url)) if score else []
+            failed = _failures(todo, distilled, scored)
+        if failed:
+            get_run_logger().error("%d shard(s) failed: %s", len(failed), failed)
+            return Failed(message=publish_failed_shards(cfg["run_id"], cfg["storage_root"], failed, len(todo)))
+        if len(todo) == len(everything):
+            finished = [finish_stage(cfg, "distill", todo)] + ([finish_stage(cfg, "score", todo)] if score else [])
+            stage_summary(cfg, *finished)
+        return _totals([f.result() for f in distilled])
 
 
 @flow(name="finr1-filter", log_prints=False)
@@ -97,8 +97,8 @@ def filter_release(config: str = DEFAULT_CONFIG, run_id: str | None = None, stor
         storage_root: Override the storage root (a local path or s3://bucket/prefix); empty = the config's.
         limit: Cap rows per source (must match the run's).
     """
-    cfg = open_run(config, require_run_id(run_id, "filter"), storage_root, limit)
-    return split_release(cfg)
+    with open_run(config, require_run_id(run_id, "filter"), storage_root, limit) as cfg:
+        return split_release(cfg)
 
 
 @flow(name="finr1-train", log_prints=False)
@@ -113,11 +113,11 @@ def train(config: str = DEFAULT_CONFIG, run_id: str | None = None, storage_root:
         limit: Cap rows per source (must match the run's).
         stop_after: "sft" to skip GRPO.
     """
-    cfg = open_run(config, require_run_id(run_id, "train"), storage_root, limit)
-    sft = train_sft(cfg)
-    if stop_after == "sft":
-        return {"sft": sft}
-    return {"sft": sft, "grpo": train_grpo(cfg, sft)}
+    with open_run(config, require_run_id(run_id, "train"), storage_root, limit) as cfg:
+        sft = train_sft(cfg)
+        if stop_after == "sft":
+            return {"sft": sft}
+        return {"sft": sft, "grpo": train_grpo(cfg, sft)}
 
 
 @flow(name="finr1-evaluate", log_prints=False)
@@ -134,8 +134,7 @@ def evaluate_models(config: str = DEFAULT_CONFIG, run_id: str | None = None, sto
         base_url: URL of an already running managed model server; empty = start one when the config needs it.
         timings: Seconds per phase, shown in the report.
     """
-    cfg = open_run(config, require_run_id(run_id, "evaluate"), storage_root, limit)
-    with model_server(cfg, base_url) as url:
+    with open_run(config, require_run_id(run_id, "evaluate"), storage_root, limit) as cfg, model_server(cfg, base_url) as url:
         evaluated = evaluate.map(unmapped(cfg), models or list(stages.MODELS), unmapped(url))
         return report(cfg, evaluated, timings)
 

@@ -31,7 +31,7 @@ StopAfter = Literal["ingest", "prompts", "distill", "score", "split", "sft", "gr
 
 @flow(name="finr1-pipeline", log_prints=False)
 def finr1_pipeline(config: str = "configs/embedded.yaml", storage_root: str | None = None, limit: int | None = None,
-                   run_id: str | None = None, stop_after: StopAfter | None = None):
+                   run_id: str | None = None, stop_after: StopAfter | None = None, wait: bool = False):
     """Run the Fin-R1 recipe end to end.
 
     Args:
@@ -40,14 +40,15 @@ def finr1_pipeline(config: str = "configs/embedded.yaml", storage_root: str | No
         limit: Cap rows per source, for quick runs.
         run_id: Resume or retry an existing run; a new id is made when empty.
         stop_after: Stop after this stage (ingest, prompts, distill, score, split, sft, grpo, eval).
+        wait: When another run holds this run id, wait for it to finish instead of failing at once.
     """
-    cfg = open_run(config, run_id, storage_root, limit)
-    stages.save_run_config(PipelineConfig.model_validate(cfg))  # what `finr1 retry-failed RUN_ID` re-runs with
-    run = dict(config=config, run_id=cfg["run_id"], storage_root=cfg["storage_root"], limit=cfg["limit"])
-    out = {"run_id": cfg["run_id"], "storage": stages.store_for(PipelineConfig.model_validate(cfg)).base, "timings": {}}
-    t = out["timings"]
+    with open_run(config, run_id, storage_root, limit, wait=wait) as cfg, model_server(cfg) as url:
+        c = PipelineConfig.model_validate(cfg)
+        stages.save_run_config(c)  # what `finr1 retry-failed RUN_ID` re-runs with
+        run = dict(config=config, run_id=c.run_id, storage_root=c.storage_root, limit=c.limit)
+        out = {"run_id": c.run_id, "storage": stages.store_for(c).base, "timings": {}}
+        t = out["timings"]
 
-    with model_server(cfg) as url:
         with timed(t, "data"):
             data(**run, stop_after="ingest" if stop_after == "ingest" else None)
         if stop_after in ("ingest", "prompts"):
@@ -67,8 +68,8 @@ def finr1_pipeline(config: str = "configs/embedded.yaml", storage_root: str | No
             out.update(train(**run, stop_after="sft" if stop_after == "sft" else None))
         if stop_after in ("sft", "grpo"):
             return out
-        out["report"] = evaluate_models(**run, base_url=url, timings=out["timings"])["report"]
-    return out
+        out["report"] = evaluate_models(**run, base_url=url, timings=t)["report"]
+        return out
 
 
 @contextlib.contextmanager

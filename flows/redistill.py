@@ -29,19 +29,19 @@ def finr1_redistill(config: str = "configs/embedded.yaml", storage_root: str | N
         run_id: The new run id; empty = redistill-<date>-<flow run id>.
         refresh: Refresh <storage_root>/_release/latest from this run when it completes.
     """
-    cfg = open_run(config, run_id or ("redistill-" + default_run_id()), storage_root, limit)
-    run = dict(config=config, run_id=cfg["run_id"], storage_root=cfg["storage_root"], limit=cfg["limit"])
-    with model_server(cfg) as url:
-        data(**run)
-        shards = distill_score(**run, base_url=url, return_state=True)
-    if shards.is_failed():
-        return Failed(message=shards.message)
-    d = shards.result()
-    out = {"run_id": cfg["run_id"], "distill": d, "split": filter_release(**run)}
-    publish_redistill_table(cfg["run_id"], d)
-    if refresh:
-        out["release_latest"] = refresh_release(cfg, d)
-    return out
+    with open_run(config, run_id or ("redistill-" + default_run_id()), storage_root, limit) as cfg:
+        run = dict(config=config, run_id=cfg["run_id"], storage_root=cfg["storage_root"], limit=cfg["limit"])
+        with model_server(cfg) as url:
+            data(**run)
+            shards = distill_score(**run, base_url=url, return_state=True)
+        if shards.is_failed():
+            return Failed(message=shards.message)
+        d = shards.result()
+        out = {"run_id": cfg["run_id"], "distill": d, "split": filter_release(**run)}
+        publish_redistill_table(cfg["run_id"], d)
+        if refresh:
+            out["release_latest"] = refresh_release(cfg, d)
+        return out
 
 
 def publish_redistill_table(run_id: str, d: dict) -> None:

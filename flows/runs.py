@@ -16,6 +16,7 @@ from prefect.context import FlowRunContext
 
 from finr1_core import stages
 from finr1_core.config import PipelineConfig
+from finr1_core.lease import RunLease
 from finr1_core.serving import ManagedServer
 from finr1_core.storage import join
 
@@ -65,18 +66,41 @@ def result_storage_for(storage_root: str):
     return block
 
 
-def open_run(config: str, run_id: str | None, storage_root: str | None = None, limit: int | None = None) -> dict:
-    """Load and validate the config of run ``run_id`` (a new id when empty), persist this flow's
-    task results under its storage root, and return the config as the dict tasks take.
+_HELD: dict[tuple[str, str], RunLease] = {}  # leases this process holds, for nested phase flows
 
-    Every task and subflow started after this call inherits the result storage from this flow
-    run's result store, so a cache hit of an earlier flow run is found there."""
+
+@contextlib.contextmanager
+def open_run(config: str, run_id: str | None, storage_root: str | None = None, limit: int | None = None,
+             wait: bool = False) -> Iterator[dict]:
+    """Load and validate the config of run ``run_id`` (a new id when empty), take the run's lease,
+    persist this flow's task results under its storage root, and yield the config as the dict
+    tasks take.
+
+    One owner per run id: the lease (``finr1_core.lease.RunLease``, a lease object in the storage
+    root with a heartbeat) is taken before any work and released at the end; a second run on a
+    held id fails at once in one line naming the holder (``wait=True`` waits instead). Phase flows
+    called from the pipeline run in the same process and share its lease.
+
+    Every task and subflow started inside inherits the result storage from this flow run's result
+    store, so results land under ``<storage_root>/_prefect-results``."""
     c = stages.load(config, run_id=run_id or default_run_id(), storage_root=storage_root, limit=limit)
     ctx = FlowRunContext.get()
     if ctx is not None:
         ctx.result_store = ctx.result_store.model_copy(update={"result_storage": result_storage_for(c.storage_root)})
-    get_run_logger().info("run %s, storage %s, profile %s", c.run_id, c.storage_root, c.profile)
-    return c.public_dict()
+    log = get_run_logger()
+    log.info("run %s, storage %s, profile %s", c.run_id, c.storage_root, c.profile)
+    key = (c.storage_root, c.run_id)
+    if key in _HELD:
+        _HELD[key].ensure()
+        yield c.public_dict()
+        return
+    owner = f"flow run {ctx.flow_run.id}" if ctx is not None and ctx.flow_run else None
+    with RunLease(c.storage_root, c.run_id, owner=owner, wait=wait, log=log.info) as lease:
+        _HELD[key] = lease
+        try:
+            yield c.public_dict()
+        finally:
+            _HELD.pop(key, None)
 
 
 def require_run_id(run_id: str | None, phase: str) -> str:

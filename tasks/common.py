@@ -1,22 +1,22 @@
 """What every finr1 task shares: the config as a plain dict, secrets, artifact keys, options.
 
-Tasks take the validated config as a JSON-able dict, so Prefect can hash it for its cache and
-show it in the UI. Completed work is skipped twice over: Prefect's persisted results (cache policy
-``INPUTS + TASK_SOURCE``, which survives new flow runs, unlike the default) and the store's
-manifests (which survive anything, including a new Prefect database).
+Tasks take the validated config as a JSON-able dict, so Prefect shows it in the UI. Whether work
+is skipped is decided in one place, by the store (``finr1_core.stages.run_stage``): a shard counts
+as done only while its file is there and matches its index entry, so a lost or damaged shard is
+rebuilt by the next run. Prefect's input cache is therefore off (it would hand back the result of
+a shard whose file has since been lost); results are still persisted under the storage root, so
+the UI and ``prefect flow-run retry`` can read them.
 """
 from __future__ import annotations
 
 import os
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 
 from finr1_core.config import PipelineConfig
 
-# The managed server's URL changes every run: it must not be part of any cache key.
-CACHE = (INPUTS - "base_url") + TASK_SOURCE
-SHARD_OPTS = dict(retries=2, retry_delay_seconds=[2, 10], persist_result=True, cache_policy=CACHE)
-STAGE_OPTS = dict(retries=1, retry_delay_seconds=5, persist_result=True, cache_policy=CACHE)
+SHARD_OPTS = dict(retries=2, retry_delay_seconds=[2, 10], persist_result=True, cache_policy=NO_CACHE)
+STAGE_OPTS = dict(retries=1, retry_delay_seconds=5, persist_result=True, cache_policy=NO_CACHE)
 
 
 def config_from(cfg: dict) -> PipelineConfig:

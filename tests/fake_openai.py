@@ -11,6 +11,8 @@ A real HTTP/1.1 server (``http.server.ThreadingHTTPServer``, keep-alive) on 127.
   ``500``, ``hang`` (sleeps ``hang_s`` then drops the connection with no response), ``empty``
   (200 with an empty body), ``truncated`` (valid response cut short, ``finish_reason: length``),
   ``malformed`` (200 with broken JSON); latency ``latency_ms`` ± ``jitter_ms``;
+- ``GET /v1/models`` lists ``models`` (default ``fake-teacher`` and ``fake-judge``; ``--models a,b``);
+  with ``api_key`` set, every ``/v1/...`` request needs ``Authorization: Bearer <api_key>`` (else 401);
 - it records every request: ``GET /_requests?since=N`` returns them (sequence number, path, the
   prompt text exactly as received, the request key header, fault, status), ``GET /_stats``
   returns counts, including ``served_ok`` per request key (a complete, valid 200 response: what a
@@ -71,6 +73,8 @@ class _Config:
         self.latency_ms = 0.0
         self.jitter_ms = 0.0
         self.hang_s = 5.0
+        self.models = ["fake-teacher", "fake-judge"]
+        self.api_key: str | None = None
         self.rates = {f: 0.0 for f in FAULTS}
         self.update(**kw)
 
@@ -85,13 +89,18 @@ class _Config:
                 self.rates[k] = float(v)
             elif k.startswith("rate_") and k[5:] in self.rates:
                 self.rates[k[5:]] = float(v)
+            elif k == "models":
+                self.models = [m for m in (v.split(",") if isinstance(v, str) else list(v)) if m]
+            elif k == "api_key":
+                self.api_key = str(v) or None
             elif k in ("seed", "latency_ms", "jitter_ms", "hang_s"):
                 setattr(self, k, type(getattr(self, k))(v))
             else:
                 raise ValueError(f"unknown fake server option {k!r}")
 
     def as_dict(self) -> dict:
-        return {"seed": self.seed, "latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "hang_s": self.hang_s, "rates": dict(self.rates)}
+        return {"seed": self.seed, "latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "hang_s": self.hang_s, "rates": dict(self.rates),
+                "models": list(self.models)}
 
 
 class _State:
@@ -155,13 +164,23 @@ def _make_handler(state: _State):
         def _json(self, code: int, obj) -> None:
             self._send(code, json.dumps(obj, ensure_ascii=False).encode())
 
+        def _unauthorized(self, path: str) -> bool:
+            """With an api_key configured, a /v1 request without that bearer key gets a 401."""
+            key = state.cfg.api_key
+            if not key or not path.startswith("/v1/") or self.headers.get("Authorization") == f"Bearer {key}":
+                return False
+            self._json(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
+            return True
+
         # ---------------------------------------------------------------- GET
         def do_GET(self):
             u = urlparse(self.path)
             if u.path == "/health":
                 return self._json(200, {"status": "ok"})
+            if self._unauthorized(u.path):
+                return None
             if u.path == "/v1/models":
-                return self._json(200, {"object": "list", "data": [{"id": "fake-teacher", "object": "model", "owned_by": "finr1-tests"}]})
+                return self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "finr1-tests"} for m in state.cfg.models]})
             if u.path == "/_requests":
                 since = int(parse_qs(u.query).get("since", ["0"])[0])
                 with state.lock:
@@ -200,6 +219,8 @@ def _make_handler(state: _State):
                     state.received.clear()
                     state.faults.clear()
                 return self._json(200, {"ok": True})
+            if self._unauthorized(u.path):
+                return None
             if u.path not in ("/v1/completions", "/v1/chat/completions"):
                 return self._json(404, {"error": {"message": f"no route {u.path}"}})
             try:
@@ -413,8 +434,10 @@ def main(argv: list[str] | None = None) -> None:
     for f in FAULTS:
         ap.add_argument(f"--rate-{f}", type=float, default=None)
     ap.add_argument("--log", default=None, help="append every request to this JSONL file")
+    ap.add_argument("--models", default=None, help="model ids GET /v1/models lists, comma-separated")
+    ap.add_argument("--api-key", default=None, help="require this bearer key on /v1 requests")
     a = ap.parse_args(argv)
-    cfg = dict(seed=a.seed, latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, hang_s=a.hang_s, fault_rate=a.fault_rate)
+    cfg = dict(seed=a.seed, latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, hang_s=a.hang_s, fault_rate=a.fault_rate, models=a.models, api_key=a.api_key)
     cfg.update({f: getattr(a, f"rate_{f}") for f in FAULTS})
     srv = FakeOpenAI(port=a.port, log_path=a.log, **cfg)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -22,8 +22,9 @@ Reply = Callable[[str, int], "str | tuple[int, str]"]
 
 
 class JudgeServer:
-    def __init__(self, reply: Reply, host: str = "127.0.0.1"):
+    def __init__(self, reply: Reply, host: str = "127.0.0.1", models: tuple[str, ...] = ("judge",)):
         self.reply = reply
+        self.models = list(models)  # what GET /v1/models lists (the run's pre-flight checks it)
         self.requests: list[dict] = []  # {"path", "body", "prompt", "status"}
         self._lock = threading.Lock()
         outer = self
@@ -44,7 +45,7 @@ class JudgeServer:
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    return self._send(200, {"object": "list", "data": [{"id": "judge", "object": "model"}]})
+                    return self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in outer.models]})
                 self._send(404, {"error": {"message": "not found"}})
 
             def do_POST(self):

@@ -79,7 +79,7 @@ def e2e(tmp_path_factory):
     c = load_config(REPO_ROOT / "configs" / "embedded.yaml", {"limit": 4})
     records, _ = ingest_sources(c.data.sources, c.limit)
     oracle = {build_prompt(r, c.prompts)["messages"][0]["content"]: r for r in records}
-    with JudgeServer(_scripted(oracle)) as srv:
+    with JudgeServer(_scripted(oracle), models=("deepseek-r1-standin", "qwen72b-standin")) as srv:
         cfg["teacher"].update(model="deepseek-r1-standin", tokenizer="${EMBEDDED_MODEL}",
                               endpoints=[{"name": "r1-standin", "base_url": srv.base_url}])
         cfg["judge"].update(model="qwen72b-standin", mode="chat", endpoints=[{"name": "judge-standin", "base_url": srv.base_url}])
@@ -137,8 +137,8 @@ def test_flow_completes_with_real_content(e2e):
 
     # SFT and GRPO checkpoints differ from the base
     base = _weights(str(embedded_model_dir()))
-    sft_dir = Path(store._p(store.uri("models", "sft")))
-    grpo_dir = Path(store._p(store.uri("models", "grpo")))
+    sft_dir = Path(store.fs_path(store.uri("models", "sft")))
+    grpo_dir = Path(store.fs_path(store.uri("models", "grpo")))
     assert _differs(_weights(str(sft_dir)), base) > 0
     assert _differs(_weights(str(grpo_dir)), base) > 0
 

@@ -315,9 +315,9 @@ def test_verify_judge_release_deployment_reuses_persisted_results(ops):
     fr_id = ops.run_deployment("finr1-pipeline/verify-judge-release", config=ops.cfg_path, run_id="ops-1")
     fr = ops.wait(fr_id)
     assert fr["state_type"] == "COMPLETED", ops.flow_log(fr_id) + ops.worker_log()
-    # the score shards of the earlier flow run are cache hits from the results persisted on S3
+    # the score shards of the earlier flow run are found committed in the store and skipped
     scores = [t for t in ops.task_runs(fr_id) if t["name"].startswith("score-shard")]
-    assert len(scores) == 2 and {t["state"]["name"] for t in scores} == {"Cached"}
+    assert len(scores) == 2 and {t["state"]["name"] for t in scores} == {"Completed"}
     assert len(ops.judge.requests()) == judged  # nothing judged twice
     store = ops.store("ops-1")
     summary = store.stage_manifest("release")["summary"]

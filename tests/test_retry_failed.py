@@ -45,7 +45,7 @@ def test_retry_failed_redoes_only_the_failed_requests(tmp_path):
     cfg["distill"]["shard_size"] = 4
     storage = tmp_path / "runs"
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    with JudgeServer(reply) as srv:
+    with JudgeServer(reply, models=("r1-standin", "judge-standin")) as srv:
         cfg["serve"] = {"kind": "external"}
         cfg["teacher"].update(model="r1-standin", tokenizer="${EMBEDDED_MODEL}", max_retries=0,
                               endpoints=[{"name": "r1", "base_url": srv.base_url}])

@@ -34,7 +34,7 @@ def test_teacher_key_from_a_prefect_secret_block_is_sent_and_never_written(tmp_p
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "embedded.yaml").read_text())
     cfg["limit"] = 2
     storage = tmp_path / "runs"
-    with JudgeServer(reply) as srv:
+    with JudgeServer(reply, models=("r1-standin", "judge-standin")) as srv:
         cfg["serve"] = {"kind": "external"}
         cfg["teacher"].update(model="r1-standin", tokenizer="${EMBEDDED_MODEL}",
                               endpoints=[{"name": "r1", "base_url": srv.base_url, "api_key_secret": "finr1-teacher-key"}])

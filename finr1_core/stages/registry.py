@@ -1,6 +1,7 @@
 """Every stage of the pipeline, in DAG order."""
 from __future__ import annotations
 
+from finr1_core import config
 from finr1_core.stages.base import Stage
 from finr1_core.stages.data import INGEST, PROMPTS
 from finr1_core.stages.distill import DISTILL, SCORE
@@ -9,7 +10,9 @@ from finr1_core.stages.split import SPLIT
 from finr1_core.stages.train import GRPO, SFT
 
 STAGES: dict[str, Stage] = {s.name: s for s in (INGEST, PROMPTS, DISTILL, SCORE, SPLIT, SFT, GRPO, EVAL, REPORT)}
-STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
+STAGE_NAMES: tuple[str, ...] = config.STAGES
+if tuple(STAGES) != STAGE_NAMES:  # the config validates stage names against config.STAGES
+    raise RuntimeError(f"stage registry {tuple(STAGES)} differs from config.STAGES {STAGE_NAMES}")
 
 
 def stage(name: str) -> Stage:
