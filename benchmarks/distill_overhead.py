@@ -29,6 +29,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import httpx  # noqa: E402
 import openai  # noqa: E402
 
 from finr1_core.config import DistillConfig, LLMRole, embedded_model_dir  # noqa: E402
@@ -41,14 +42,13 @@ from tests.test_distill import make_prompts  # noqa: E402
 
 async def bare_client(url: str, model: str, mode: str, payloads: list, concurrency: int, max_tokens: int) -> float:
     """requests/s of a plain AsyncOpenAI client with a semaphore: the ceiling for the pipeline."""
-    import httpx2
 
     client = openai.AsyncOpenAI(
         base_url=url,
         api_key="EMPTY",
         max_retries=0,
         timeout=600,
-        http_client=openai.DefaultAsyncHttpxClient(timeout=600, limits=httpx2.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)),
+        http_client=openai.DefaultAsyncHttpxClient(timeout=600, limits=httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)),
     )
     sem = asyncio.Semaphore(concurrency)
 
