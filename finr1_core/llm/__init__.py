@@ -16,18 +16,23 @@ from .client import (
     LLMError,
     Sampling,
     api_key_from_env,
+    default_key_var,
     endpoints_from_role,
+    key_env_var,
 )
 from .limits import EndpointState, TokenBucket, per_worker
 from .render import ChatRenderer, chat_messages, get_renderer
+from .spec import ClientSpec, EndpointSpec
 
 __all__ = [
     "KEY_HEADER",
     "MODES",
     "RETRYABLE_STATUS",
     "ChatRenderer",
+    "ClientSpec",
     "Completion",
     "Endpoint",
+    "EndpointSpec",
     "EndpointState",
     "LLMClient",
     "LLMError",
@@ -35,7 +40,9 @@ __all__ = [
     "TokenBucket",
     "api_key_from_env",
     "chat_messages",
+    "default_key_var",
     "endpoints_from_role",
     "get_renderer",
+    "key_env_var",
     "per_worker",
 ]

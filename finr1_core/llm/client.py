@@ -54,6 +54,7 @@ class Endpoint:
     max_concurrency: int | None = None
     rpm: float | None = None
     tpm: float | None = None
+    api_key_env: str | None = None  # where the key came from (a ClientSpec names this, never the key)
 
 
 @dataclass
@@ -368,6 +369,20 @@ def api_key_from_env(var: str | None) -> str:
     return os.environ.get(var, "EMPTY")
 
 
+def key_env_var(endpoint_cfg: Any) -> str | None:
+    """The environment variable that holds an endpoint's API key: ``api_key_env``, or for a key kept
+    in a Prefect Secret block (``api_key_secret``) the variable the task loads it into."""
+    var = getattr(endpoint_cfg, "api_key_env", None)
+    if var or not getattr(endpoint_cfg, "api_key_secret", None):
+        return var
+    return default_key_var(endpoint_cfg.name)
+
+
+def default_key_var(endpoint_name: str) -> str:
+    """``FINR1_API_KEY_<NAME>``: the variable for an endpoint whose key has no variable of its own."""
+    return "FINR1_API_KEY_" + "".join(ch if ch.isalnum() else "_" for ch in endpoint_name).upper()
+
+
 def endpoints_from_role(role: Any, default_base_url: str | None = None, api_keys: dict[str, str] | None = None) -> list[Endpoint]:
     """Build :class:`Endpoint` objects from an ``LLMRole`` config.
 
@@ -380,6 +395,7 @@ def endpoints_from_role(role: Any, default_base_url: str | None = None, api_keys
         url = ec.base_url or default_base_url
         if not url:
             raise ValueError(f"endpoint {ec.name!r} has no base_url and no managed server URL was given")
-        key = (api_keys or {}).get(ec.name) or api_key_from_env(ec.api_key_env)
-        out.append(Endpoint(ec.name, url, key))
+        var = key_env_var(ec)
+        key = (api_keys or {}).get(ec.name) or api_key_from_env(var)
+        out.append(Endpoint(ec.name, url, key, api_key_env=var))
     return out
