@@ -7,7 +7,19 @@
 """
 from .cache import ResponseCache, response_cache_root
 from .keys import effective_prefix, parse_trace, render_prompt_text, request_key, sampling_dict
-from .pool import RequestQueue, TeacherWorker, drop_pool, ray_init, ray_shutdown, run_requests, session_processes, warm_workers, worker_pool
+from .pool import (
+    RequestQueue,
+    TeacherWorker,
+    drop_pool,
+    end_processes,
+    install_exit_hooks,
+    ray_init,
+    ray_shutdown,
+    run_requests,
+    session_processes,
+    warm_workers,
+    worker_pool,
+)
 from .shard import (
     STAGE,
     TRACE_SCHEMA,
@@ -31,7 +43,9 @@ __all__ = [
     "TeacherWorker",
     "distill_shard",
     "drop_pool",
+    "end_processes",
     "effective_prefix",
+    "install_exit_hooks",
     "parse_trace",
     "plan_shard",
     "ray_init",

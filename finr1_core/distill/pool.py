@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # =========================================================================== Ray start and stop
 _RAY_LOCK = threading.Lock()
-_SESSION: dict[str, Any] = {"temp_dir": None, "hooks": False}
+_SESSION: dict[str, Any] = {"temp_dir": None, "atexit": False, "sigterm": False}
 
 
 def ray_init(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -56,23 +56,26 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> None:
         temp_dir = tempfile.mkdtemp(prefix="finr1-ray-")
         ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, logging_level=logging.WARNING)
         _SESSION["temp_dir"] = temp_dir
-        _install_exit_hooks()
+        install_exit_hooks()
 
 
-def _install_exit_hooks() -> None:
-    if _SESSION["hooks"]:
-        return
-    _SESSION["hooks"] = True
-    atexit.register(ray_shutdown)
-    if threading.current_thread() is not threading.main_thread():
+def install_exit_hooks() -> None:
+    """Call :func:`ray_shutdown` at exit and on SIGTERM (then the previous SIGTERM handler runs).
+    :func:`ray_init` does this itself; the SIGTERM part needs the main thread, so a program that
+    starts Ray from a worker thread calls this once from its main thread."""
+    if not _SESSION["atexit"]:
+        _SESSION["atexit"] = True
+        atexit.register(ray_shutdown)
+    if _SESSION["sigterm"] or threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be set from the main thread; atexit still covers exit
+    _SESSION["sigterm"] = True
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         ray_shutdown()
         if callable(previous):
             previous(signum, frame)
-        else:
+        elif previous != signal.SIG_IGN:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -93,7 +96,7 @@ def ray_shutdown(grace_s: float = 3.0) -> list[int]:
     finally:
         drop_pool()
         _SESSION["temp_dir"] = None
-    return _end_processes(procs, grace_s)
+    return end_processes(procs, grace_s)
 
 
 def _proc_table() -> dict[int, tuple[int, str, str]]:
@@ -114,13 +117,14 @@ def _proc_table() -> dict[int, tuple[int, str, str]]:
     return out
 
 
-def session_processes(temp_dir: str) -> list[tuple[int, str]]:
-    """(pid, start time) of the processes of the Ray session under ``temp_dir``: those whose command
-    line names it (GCS, raylet, monitors) and all their descendants (agents, workers, renamed
-    ``ray::...``)."""
+def session_processes(*markers: str) -> list[tuple[int, str]]:
+    """(pid, start time) of the processes of a Ray session: those whose command line contains one
+    of ``markers`` (the session's temp dir names GCS, raylet and monitors; a head's GCS address
+    names its Ray Client server) and all their descendants (agents and workers, renamed
+    ``ray::...``). Never this process."""
     table = _proc_table()
     me = os.getpid()
-    found = {p for p, (_, _, cmd) in table.items() if temp_dir in cmd and p != me}
+    found = {p for p, (_, _, cmd) in table.items() if p != me and any(m and m in cmd for m in markers)}
     grew = True
     while grew:
         kids = {p for p, (pp, _, _) in table.items() if pp in found and p not in found and p != me}
@@ -139,7 +143,9 @@ def _alive(pid: int, start: str) -> bool:
     return fields[19] == start and fields[0] != "Z"  # same process (not a reused PID), not a zombie
 
 
-def _end_processes(procs: list[tuple[int, str]], grace_s: float) -> list[int]:
+def end_processes(procs: list[tuple[int, str]], grace_s: float = 3.0) -> list[int]:
+    """SIGTERM the processes still alive (same PID and start time), SIGKILL those left after
+    ``grace_s``. Returns the PIDs that were alive."""
     left = [(p, s) for p, s in procs if _alive(p, s)]
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
         for p, _ in left:
