@@ -223,7 +223,7 @@ class TeacherWorker:
         sampling = Sampling(**job["sampling"])
         prog = self._progress[job_id] = {"done": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
         lanes = max(1, spec.capacity())
-        take = _Feeder(queue, job_id, batch=max(1, lanes // 8))
+        take = _Feeder(queue, job_id, batch=max(1, lanes // 4))
         out: list[dict] = []
 
         async def lane() -> None:
@@ -238,26 +238,35 @@ class TeacherWorker:
 
 
 class _Feeder:
-    """A worker's buffer in front of the queue: one lane refills it (a few requests at a time)."""
+    """A worker's buffer in front of the queue, refilled in the background (``batch`` requests at a
+    time) when it runs low, so lanes rarely wait on a queue round trip. Any free lane of the worker
+    takes the next buffered request, so a slow request never holds others back."""
 
     def __init__(self, queue: Any, job_id: str, batch: int):
         self.queue, self.job_id, self.batch = queue, job_id, batch
         self.buf: deque = deque()
-        self.lock = asyncio.Lock()
+        self.refill: asyncio.Task | None = None
         self.closed = False
 
+    async def _fetch(self) -> None:
+        try:
+            got = await self.queue.take.remote(self.job_id, self.batch)
+        except Exception as e:  # the queue is gone: stop; the driver reports what is left
+            log.warning("request queue lost: %s", type(e).__name__)
+            got = []
+        self.buf.extend(got)
+        self.closed = not got
+        self.refill = None
+
     async def __call__(self) -> dict | None:
-        if not self.buf and not self.closed:
-            async with self.lock:
-                if not self.buf and not self.closed:
-                    try:
-                        got = await self.queue.take.remote(self.job_id, self.batch)
-                    except Exception as e:  # the queue is gone: stop; the driver reports what is left
-                        log.warning("request queue lost: %s", type(e).__name__)
-                        got = []
-                    self.buf.extend(got)
-                    self.closed = not got
-        return self.buf.popleft() if self.buf else None
+        while True:
+            if len(self.buf) <= self.batch // 2 and not self.closed and self.refill is None:
+                self.refill = asyncio.ensure_future(self._fetch())
+            if self.buf:
+                return self.buf.popleft()
+            if self.refill is None:
+                return None  # closed and drained
+            await asyncio.shield(self.refill)
 
 
 async def _one(client: Any, cache: ResponseCache, sampling: Sampling, job: dict, r: dict, prog: dict) -> dict:
