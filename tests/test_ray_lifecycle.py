@@ -61,7 +61,7 @@ def ray_head():
     gcs, client = free_port(), free_port()
     cmd = [RAY, "start", "--head", "--port", str(gcs), "--ray-client-server-port", str(client), "--num-cpus", "2",
            "--include-dashboard=false", "--temp-dir", temp, "--disable-usage-stats"]
-    markers = (temp, f"127.0.0.1:{gcs}", f"--port={client}")
+    markers = (temp, f":{gcs} ", f"--port={client} ")  # command-line args end with a space in session_processes
     try:
         # the per-client server starts a Python process that imports Ray: on a loaded machine it
         # needs more than the default 30 s before its channel is ready
