@@ -5,13 +5,15 @@ machinery, one JSON cache write per response, Parquet commit) / requests/s of a 
 ``openai`` client driving the same server at the same concurrency, measured in the same run.
 
 1. our fake OpenAI server (subprocess), ~200 ms ± 50 ms latency, 2,000 requests, concurrency 64;
-2. the embedded model under ``transformers serve`` (skipped when it is not prepared).
+2. the same with stragglers: 1 % of the prompts (the same ones for both clients) at 10x latency,
+   where fixed chunks per worker would leave workers idle behind a slow request;
+3. the embedded model under ``transformers serve`` (skipped when it is not prepared).
 
 Usage::
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/distill_overhead.py [--requests 2000]
         [--concurrency 64] [--latency-ms 200] [--jitter-ms 50] [--workers 2] [--repeats 2]
-        [--embedded-requests 16] [--no-embedded]
+        [--slow-rate 0.01] [--slow-factor 10] [--embedded-requests 16] [--no-embedded]
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import httpx  # noqa: E402
 import openai  # noqa: E402
 
 from finr1_core.config import DistillConfig, LLMRole, embedded_model_dir  # noqa: E402
@@ -41,14 +44,13 @@ from tests.test_distill import make_prompts  # noqa: E402
 
 async def bare_client(url: str, model: str, mode: str, payloads: list, concurrency: int, max_tokens: int) -> float:
     """requests/s of a plain AsyncOpenAI client with a semaphore: the ceiling for the pipeline."""
-    import httpx2
 
     client = openai.AsyncOpenAI(
         base_url=url,
         api_key="EMPTY",
         max_retries=0,
         timeout=600,
-        http_client=openai.DefaultAsyncHttpxClient(timeout=600, limits=httpx2.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)),
+        http_client=openai.DefaultAsyncHttpxClient(timeout=600, limits=httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)),
     )
     sem = asyncio.Semaphore(concurrency)
 
@@ -115,6 +117,8 @@ def main() -> None:
     ap.add_argument("--jitter-ms", type=float, default=50)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--slow-rate", type=float, default=0.01, help="straggler case: share of prompts that are slow (0 = skip)")
+    ap.add_argument("--slow-factor", type=float, default=10.0, help="straggler case: latency multiplier")
     ap.add_argument("--embedded-requests", type=int, default=8)
     ap.add_argument("--embedded-max-tokens", type=int, default=16)
     ap.add_argument("--embedded-repeats", type=int, default=2)
@@ -138,6 +142,12 @@ def main() -> None:
         asyncio.run(bare_client(srv.url, role.model, role.mode, payloads_for(prompts[:32], role, None), a.concurrency, 256))
         pipeline(srv.url, role, make_prompts(32, tag="warm"), a.workers, None)
         measure(f"fake server {a.latency_ms:.0f}±{a.jitter_ms:.0f} ms", srv.url, role, prompts, a.workers, a.repeats, None, rows)
+    if a.slow_rate > 0:
+        with FakeOpenAIProcess(latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, slow_rate=a.slow_rate, slow_factor=a.slow_factor) as srv:
+            name = f"stragglers {a.slow_rate:.0%} at {a.slow_factor:g}x"
+            measure(name, srv.url, role, prompts, a.workers, a.repeats, None, rows)
+            slow = sum(1 for e in srv.requests() if e.get("slow"))
+            print(f"  [{name}] {slow} slow requests served of {srv.stats()['requests']}", flush=True)
 
     model = embedded_model_dir()
     if a.no_embedded:

@@ -12,13 +12,15 @@
   Only the judge's response is parsed, never the prompt.
 - Failures (LLMError after the client's own retries, no verdict, both values) are retried
   ``retries`` times. After that the score is ``None`` (unknown), never 0.
+- Metering: a :class:`JudgeUsage` given to a judge counts every answered judge request and its
+  prompt/completion tokens (failed parses included: they are billed), for the run's cost table.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +42,52 @@ class JudgeResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class JudgeUsage:
+    """Judge requests and tokens, summed over every judge that was given this object."""
+
+    requests: int = 0  # answered requests (a parse failure counts: the tokens were billed)
+    failed_requests: int = 0  # requests that still failed after the client's retries
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    by_template: dict = field(default_factory=dict)  # template version -> {"requests", "prompt_tokens", "completion_tokens"}
+
+    def add(self, template_version: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.requests += 1
+        self.prompt_tokens += int(prompt_tokens or 0)
+        self.completion_tokens += int(completion_tokens or 0)
+        t = self.by_template.setdefault(template_version, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        t["requests"] += 1
+        t["prompt_tokens"] += int(prompt_tokens or 0)
+        t["completion_tokens"] += int(completion_tokens or 0)
+
+    def cost_usd(self, role_cfg: Any) -> float:
+        """USD at the judge role's ``price_per_m_input`` / ``price_per_m_output``."""
+        return (self.prompt_tokens / 1e6 * float(getattr(role_cfg, "price_per_m_input", 0.0))
+                + self.completion_tokens / 1e6 * float(getattr(role_cfg, "price_per_m_output", 0.0)))
+
+    def as_extra(self, role_cfg: Any | None = None) -> dict:
+        """The figures for a shard manifest's ``extra`` (keys prefixed ``judge_``)."""
+        out = {"judge_requests": self.requests, "judge_failed_requests": self.failed_requests,
+               "judge_prompt_tokens": self.prompt_tokens, "judge_completion_tokens": self.completion_tokens,
+               "judge_by_template": {k: dict(v) for k, v in self.by_template.items()}}
+        if role_cfg is not None:
+            out["judge_model"] = getattr(role_cfg, "model", None)
+            out["judge_cost_usd"] = self.cost_usd(role_cfg)
+        return out
+
+
+def sum_judge_usage(extras: Sequence[dict]) -> dict:
+    """Totals over shard manifest ``extra`` dicts written with :meth:`JudgeUsage.as_extra` (a row
+    of the run's cost table): requests, failed requests, prompt/completion tokens, cost."""
+    keys = ("judge_requests", "judge_failed_requests", "judge_prompt_tokens", "judge_completion_tokens", "judge_cost_usd")
+    out: dict = {k: 0 for k in keys}
+    for ex in extras:
+        for k in keys:
+            out[k] += (ex or {}).get(k) or 0
+    return out
 
 
 def load_template(version: str) -> str:
@@ -104,8 +152,10 @@ class _Judge:
     default_version = ""
 
     def __init__(self, client: LLMClient, template_version: str | None = None, *, retries: int = 2,
-                 sampling: Sampling | None = None, retry_temperature: float = 0.7, max_chars: int = 24000):
+                 sampling: Sampling | None = None, retry_temperature: float = 0.7, max_chars: int = 24000,
+                 usage: JudgeUsage | None = None):
         self.client = client
+        self.usage = usage
         self.template_version = template_version or self.default_version
         self.template = load_template(self.template_version)
         self.template_hash = hashlib.sha256(self.template.encode()).hexdigest()[:12]
@@ -130,7 +180,11 @@ class _Judge:
                 comp = await self.client.acomplete(messages, s)
             except (LLMError, Exception) as e:  # errors after the client's own retries count as failures
                 raw, err = str(e), f"judge request failed: {type(e).__name__}: {str(e)[:200]}"
+                if self.usage is not None:
+                    self.usage.failed_requests += 1
                 continue
+            if self.usage is not None:
+                self.usage.add(self.template_version, comp.prompt_tokens, comp.completion_tokens)
             raw = comp.text or ""
             score, err = parse_verdict(raw)
             if score is not None:
@@ -191,17 +245,16 @@ async def ajudge_many(judge: _Judge, items: Sequence[dict], concurrency: int = 1
 
 def judge_many(judge: _Judge, items: Sequence[dict], concurrency: int = 16) -> list[JudgeResult]:
     """Synchronous wrapper around :func:`ajudge_many` (closes the client's connections at the end)."""
-    return run_sync(_with_close(judge.client, ajudge_many(judge, items, concurrency)))
+    return run_sync(with_close(judge.client, ajudge_many(judge, items, concurrency)))
 
 
-async def _with_close(client: LLMClient, coro):
+async def with_close(client: LLMClient, coro):
+    """Await ``coro``, then close ``client``'s connections (they belong to this event loop; the
+    client can be used again from a later one)."""
     try:
         return await coro
     finally:
         await client.aclose()
-        # the client's semaphore binds to the loop that used it; a later asyncio.run needs a fresh one
-        if hasattr(client, "_sem"):
-            client._sem = None
 
 
 def run_sync(coro):

@@ -136,7 +136,10 @@ def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, st
 
 
 def token_accounting(store) -> dict:
-    """Tokens and cost of the teacher, summed over the committed distill shards."""
+    """Tokens and cost of the teacher (over the committed distill shards) and of the judges (over
+    the committed score shards), and their total cost."""
+    from finr1_core.judge import sum_judge_usage
+
     pt = ct = 0
     cost = 0.0
     for e in store.shards("distill"):
@@ -144,4 +147,8 @@ def token_accounting(store) -> dict:
         pt += int(x.get("prompt_tokens", 0))
         ct += int(x.get("completion_tokens", 0))
         cost += float(x.get("cost_usd", 0.0))
-    return {"prompt tokens": pt, "completion tokens": ct, "cost (USD)": round(cost, 4)}
+    j = sum_judge_usage([e.get("extra") or {} for e in store.shards("scored")])
+    return {"teacher prompt tokens": pt, "teacher completion tokens": ct, "teacher cost (USD)": round(cost, 4),
+            "judge requests": j["judge_requests"], "judge prompt tokens": j["judge_prompt_tokens"],
+            "judge completion tokens": j["judge_completion_tokens"], "judge cost (USD)": round(j["judge_cost_usd"], 4),
+            "cost (USD)": round(cost + j["judge_cost_usd"], 4)}

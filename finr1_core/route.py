@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import FilterConfig
-from .judge import ANSWER_JUDGE_VERSION, REASONING_JUDGE_VERSION, AnswerJudge, ReasoningJudge, _with_close, ajudge_many, run_sync
+from .judge import ANSWER_JUDGE_VERSION, REASONING_JUDGE_VERSION, AnswerJudge, JudgeUsage, ReasoningJudge, ajudge_many, run_sync, with_close
 from .verify import verify
 
 FLAG_REASONS = ("empty", "truncated", "no_think_close")
@@ -139,13 +139,13 @@ def verify_traces(traces: list[dict], records_by_id: dict, cfg: FilterConfig | N
 
 async def ascore_traces(traces: list[dict], records_by_id: dict, judge_client, cfg: FilterConfig | None = None,
                         *, answer_template: str = ANSWER_JUDGE_VERSION, reasoning_template: str = REASONING_JUDGE_VERSION,
-                        concurrency: int | None = None) -> list[dict]:
+                        concurrency: int | None = None, usage: JudgeUsage | None = None) -> list[dict]:
     """Async form of :func:`score_traces` (does not close the client)."""
     cfg = cfg or FilterConfig()
     rows = verify_traces(traces, records_by_id, cfg)
     conc = concurrency or getattr(judge_client, "max_concurrency", 8) or 8
-    aj = AnswerJudge(judge_client, answer_template, retries=cfg.judge_retries) if judge_client is not None else None
-    rj = ReasoningJudge(judge_client, reasoning_template, retries=cfg.judge_retries) if judge_client is not None else None
+    aj = AnswerJudge(judge_client, answer_template, retries=cfg.judge_retries, usage=usage) if judge_client is not None else None
+    rj = ReasoningJudge(judge_client, reasoning_template, retries=cfg.judge_retries, usage=usage) if judge_client is not None else None
     for r in rows:
         r.update(answer_judge=None, answer_judge_raw=None, answer_judge_attempts=0, answer_judge_error=None,
                  answer_judge_version=answer_template,
@@ -204,11 +204,22 @@ def score_traces(traces: list[dict], records_by_id: dict, judge_client, cfg: Fil
     ``answer_judge_raw/attempts/error/version``, ``reasoning_judge`` and the same four,
     ``answer_correct``, ``answer_source`` (rule/judge), ``route`` and ``route_reason``.
     ``judge_client`` may be None (rules only: nothing reaches SFT without a reasoning judge).
+    ``usage`` (a :class:`~finr1_core.judge.JudgeUsage`) counts the judge requests and tokens.
     The client's connections are closed at the end, so the same client can be reused later.
     """
     if judge_client is None:
         return run_sync(ascore_traces(traces, records_by_id, None, cfg, **kw))
-    return run_sync(_with_close(judge_client, ascore_traces(traces, records_by_id, judge_client, cfg, **kw)))
+    return run_sync(with_close(judge_client, ascore_traces(traces, records_by_id, judge_client, cfg, **kw)))
 
 
-__all__ = ["route", "score_traces", "ascore_traces", "verify_traces", "answer_status", "FLAG_REASONS"]
+def score_shard_rows(traces: list[dict], records_by_id: dict, judge_client, cfg: FilterConfig | None = None,
+                     judge_role: Any | None = None, **kw: Any) -> tuple[list[dict], dict]:
+    """:func:`score_traces` plus the judge metering of this shard: ``(rows, extra)`` where
+    ``extra`` (:meth:`JudgeUsage.as_extra`, priced with ``judge_role`` when given) goes into the
+    score shard's manifest ``extra`` for the run's cost table."""
+    usage = JudgeUsage()
+    rows = score_traces(traces, records_by_id, judge_client, cfg, usage=usage, **kw)
+    return rows, usage.as_extra(judge_role)
+
+
+__all__ = ["route", "score_traces", "score_shard_rows", "ascore_traces", "verify_traces", "answer_status", "FLAG_REASONS"]

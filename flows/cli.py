@@ -56,6 +56,9 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # a busy machine needs longer than Prefect's 20 s to start the ephemeral server
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from finr1_core.distill import install_exit_hooks
+
+    install_exit_hooks()  # no Ray process this run starts outlives it (Ctrl-C, SIGTERM, exit)
     from flows.pipeline import finr1_pipeline
 
     t0 = time.time()

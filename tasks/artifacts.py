@@ -6,6 +6,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from finr1_core import stages
 from finr1_core.config import PipelineConfig
+from finr1_core.judge import sum_judge_usage
 
 
 def publish_ingest_distribution(c: PipelineConfig) -> None:
@@ -47,6 +48,7 @@ def stage_summary_rows(c: PipelineConfig) -> tuple[list[dict], str]:
     cost = sum(float(e.get("cost_usd", 0.0)) for e in x)
     paid = sum(int(e.get("paid_prompt_tokens", 0)) + int(e.get("paid_completion_tokens", 0)) for e in x)
     flagged = sum(sum((e.get("flags") or {}).values()) for e in x)
+    j = sum_judge_usage([e.get("extra") or {} for e in ent["scored"]])
     scored = store.read_stage("scored").select(["answer_correct", "route"]).to_pylist() if ent["scored"] else []
     ans = sum(1 for r in scored if r.get("answer_correct"))
     sft_route = sum(1 for r in scored if r.get("route") == "sft")
@@ -64,7 +66,9 @@ def stage_summary_rows(c: PipelineConfig) -> tuple[list[dict], str]:
         row("prompts", n["records"], n["prompts"], rate(n["prompts"], n["records"]), f"{len(ent['prompts'])} shard(s)"),
         row("distill", n["prompts"], n["distill"], rate(n["distill"] - flagged, n["distill"]),
             f"{flagged} flagged (truncated/empty/no </think>); {paid} tokens paid in this run, the rest from the response cache", (pt, ct), round(cost, 4)),
-        row("score: round 1 (answer)", len(scored), ans, rate(ans, len(scored)), "rule verifier, judge when undecided"),
+        row("score: round 1 (answer)", len(scored), ans, rate(ans, len(scored)),
+            f"rule verifier, judge when undecided; judge tokens and cost cover both rounds ({j['judge_requests']} judge requests)",
+            (j["judge_prompt_tokens"], j["judge_completion_tokens"]), round(j["judge_cost_usd"], 4)),
         row("score: round 2 (reasoning)", ans, sft_route, rate(sft_route, ans), "reasoning judge = 1 -> SFT route"),
     ]
     if ent["sft"] or ent["rl"]:

@@ -14,6 +14,7 @@ import os
 from prefect.cache_policies import NO_CACHE
 
 from finr1_core.config import PipelineConfig
+from finr1_core.llm import default_key_var
 
 SHARD_OPTS = dict(retries=2, retry_delay_seconds=[2, 10], persist_result=True, cache_policy=NO_CACHE)
 STAGE_OPTS = dict(retries=1, retry_delay_seconds=5, persist_result=True, cache_policy=NO_CACHE)
@@ -32,7 +33,7 @@ def resolve_secrets(c: PipelineConfig) -> PipelineConfig:
         for e in role.endpoints:
             if not e.api_key_secret:
                 continue
-            var = e.api_key_env or f"FINR1_API_KEY_{''.join(ch if ch.isalnum() else '_' for ch in e.name).upper()}"
+            var = e.api_key_env or default_key_var(e.name)
             e.api_key_env = var
             if not os.environ.get(var):
                 from prefect.blocks.system import Secret

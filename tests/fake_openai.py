@@ -10,7 +10,9 @@ A real HTTP/1.1 server (``http.server.ThreadingHTTPServer``, keep-alive) on 127.
 - faults at configurable rates, drawn from a seeded RNG: ``429`` (with ``Retry-After: 0``),
   ``500``, ``hang`` (sleeps ``hang_s`` then drops the connection with no response), ``empty``
   (200 with an empty body), ``truncated`` (valid response cut short, ``finish_reason: length``),
-  ``malformed`` (200 with broken JSON); latency ``latency_ms`` ± ``jitter_ms``;
+  ``malformed`` (200 with broken JSON); latency ``latency_ms`` ± ``jitter_ms``; stragglers: a
+  ``slow_rate`` share of prompts (chosen by a hash of the prompt text, so the same prompts are
+  slow for every client) take ``slow_factor`` times the latency;
 - ``GET /v1/models`` lists ``models`` (default ``fake-teacher`` and ``fake-judge``; ``--models a,b``);
   with ``api_key`` set, every ``/v1/...`` request needs ``Authorization: Bearer <api_key>`` (else 401);
 - it records every request: ``GET /_requests?since=N`` returns them (sequence number, path, the
@@ -75,6 +77,8 @@ class _Config:
         self.hang_s = 5.0
         self.models = ["fake-teacher", "fake-judge"]
         self.api_key: str | None = None
+        self.slow_rate = 0.0
+        self.slow_factor = 10.0
         self.rates = {f: 0.0 for f in FAULTS}
         self.update(**kw)
 
@@ -93,14 +97,21 @@ class _Config:
                 self.models = [m for m in (v.split(",") if isinstance(v, str) else list(v)) if m]
             elif k == "api_key":
                 self.api_key = str(v) or None
-            elif k in ("seed", "latency_ms", "jitter_ms", "hang_s"):
+            elif k in ("seed", "latency_ms", "jitter_ms", "hang_s", "slow_rate", "slow_factor"):
                 setattr(self, k, type(getattr(self, k))(v))
             else:
                 raise ValueError(f"unknown fake server option {k!r}")
 
     def as_dict(self) -> dict:
-        return {"seed": self.seed, "latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "hang_s": self.hang_s, "rates": dict(self.rates),
-                "models": list(self.models)}
+        return {"seed": self.seed, "latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "hang_s": self.hang_s,
+                "slow_rate": self.slow_rate, "slow_factor": self.slow_factor, "rates": dict(self.rates), "models": list(self.models)}
+
+    def is_slow(self, prompt: str) -> bool:
+        """A straggler: a fixed ``slow_rate`` share of prompts, chosen by a hash of the prompt."""
+        if self.slow_rate <= 0:
+            return False
+        h = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return h < self.slow_rate
 
 
 class _State:
@@ -255,6 +266,9 @@ def _make_handler(state: _State):
                 "top_p": body.get("top_p"),
                 "fault": fault,
             }
+            if state.cfg.is_slow(prompt_text):
+                lat *= state.cfg.slow_factor
+                entry["slow"] = True
             state.record(entry)
             if lat:
                 time.sleep(lat)
@@ -430,6 +444,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--jitter-ms", type=float, default=0.0)
     ap.add_argument("--hang-s", type=float, default=5.0)
+    ap.add_argument("--slow-rate", type=float, default=0.0, help="share of prompts that are stragglers")
+    ap.add_argument("--slow-factor", type=float, default=10.0, help="latency multiplier of a straggler")
     ap.add_argument("--fault-rate", type=float, default=None, help="total fault rate, spread evenly over all kinds")
     for f in FAULTS:
         ap.add_argument(f"--rate-{f}", type=float, default=None)
@@ -437,7 +453,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default=None, help="model ids GET /v1/models lists, comma-separated")
     ap.add_argument("--api-key", default=None, help="require this bearer key on /v1 requests")
     a = ap.parse_args(argv)
-    cfg = dict(seed=a.seed, latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, hang_s=a.hang_s, fault_rate=a.fault_rate, models=a.models, api_key=a.api_key)
+    cfg = dict(seed=a.seed, latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, hang_s=a.hang_s, fault_rate=a.fault_rate,
+               slow_rate=a.slow_rate, slow_factor=a.slow_factor, models=a.models, api_key=a.api_key)
     cfg.update({f: getattr(a, f"rate_{f}") for f in FAULTS})
     srv = FakeOpenAI(port=a.port, log_path=a.log, **cfg)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

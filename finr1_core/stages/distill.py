@@ -2,22 +2,9 @@
 then rule verdicts, judge scores and a route for each trace."""
 from __future__ import annotations
 
-from finr1_core.llm import LLMClient, endpoints_from_role
+from finr1_core.llm import ClientSpec
 from finr1_core.stages.base import Context, Stage
 from finr1_core.stages.data import prompt_dicts
-
-
-def judge_client(role, base_url: str | None) -> LLMClient:
-    """The judge's client: an endpoint without ``base_url`` is the managed local server."""
-    return LLMClient(
-        endpoints_from_role(role, base_url),
-        role.model,
-        mode=role.mode,
-        tokenizer_path=role.tokenizer or role.model,
-        max_concurrency=role.max_concurrency,
-        timeout_s=role.timeout_s,
-        max_retries=role.max_retries,
-    )
 
 
 def _distill(ctx: Context) -> dict:
@@ -31,7 +18,7 @@ def _distill(ctx: Context) -> dict:
         prompts,
         cfg.teacher,
         cfg.distill,
-        endpoints_from_role(cfg.teacher, ctx.base_url),
+        ClientSpec.from_role(cfg.teacher, ctx.base_url),
         cache_root=cfg.storage_root,
         tokenizer_path=cfg.teacher.tokenizer or cfg.teacher.model,
         progress_cb=ctx.progress,
@@ -41,16 +28,17 @@ def _distill(ctx: Context) -> dict:
 
 
 def _score(ctx: Context) -> dict:
-    from finr1_core.route import score_traces
+    from finr1_core.route import score_shard_rows
 
     traces = ctx.store.read_shard("distill", ctx.shard).to_pylist()
     prompts = {p["record_id"]: p for p in ctx.store.read_shard("prompts", ctx.shard).to_pylist()}
-    rows = score_traces(traces, prompts, judge_client(ctx.cfg.judge, ctx.base_url), ctx.cfg.filter)
-    ctx.write("scored", ctx.shard, rows, source_shards=[ctx.shard])
+    judge = ClientSpec.from_role(ctx.cfg.judge, ctx.base_url).build()
+    rows, usage = score_shard_rows(traces, prompts, judge, ctx.cfg.filter, judge_role=ctx.cfg.judge)
+    ctx.write("scored", ctx.shard, rows, source_shards=[ctx.shard], extra=usage)
     routes: dict[str, int] = {}
     for r in rows:
         routes[r["route"]] = routes.get(r["route"], 0) + 1
-    return {"shard": ctx.shard, "rows": len(rows), "routes": routes}
+    return {"shard": ctx.shard, "rows": len(rows), "routes": routes, **usage}
 
 
 def _committed_shard(ctx: Context) -> dict | None:

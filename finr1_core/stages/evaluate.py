@@ -1,9 +1,9 @@
 """eval (one call per model: base, sft, grpo) and report."""
 from __future__ import annotations
 
+from finr1_core.llm import ClientSpec
 from finr1_core.stages.base import Context, Stage
 from finr1_core.stages.data import prompt_dicts, prompt_row
-from finr1_core.stages.distill import judge_client
 from finr1_core.stages.train import model_path
 
 MODELS = ("base", "sft", "grpo")
@@ -38,9 +38,9 @@ def _eval(ctx: Context) -> dict:
     heldout = eval_sample(table_to_records(ctx.store.read_stage("heldout")), cfg.eval.max_rows)
     rows = prompt_dicts([prompt_row(r, build_prompt(r, cfg.prompts)) for r in heldout])
     role = cfg.teacher.model_copy(update={"model": path, "tokenizer": path, "endpoints": cfg.eval.endpoints})
-    judge = AnswerJudge(judge_client(cfg.judge, ctx.base_url)) if cfg.eval.use_judge else None
+    judge = AnswerJudge(ClientSpec.from_role(cfg.judge, ctx.base_url).build()) if cfg.eval.use_judge else None
     sampling = Sampling(temperature=cfg.eval.temperature, top_p=1.0, max_tokens=cfg.eval.max_tokens)
-    results = evaluate_model(judge_client(role, ctx.base_url), rows, sampling, prefix=cfg.prompts.think_prefix, judge=judge, rel_tol=cfg.filter.rel_tol)
+    results = evaluate_model(ClientSpec.from_role(role, ctx.base_url).build(), rows, sampling, prefix=cfg.prompts.think_prefix, judge=judge, rel_tol=cfg.filter.rel_tol)
     for r in results:
         r["model"] = model
     ctx.write("eval", model, results)

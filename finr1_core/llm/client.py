@@ -25,19 +25,20 @@ Reliability (all inside :class:`LLMClient`):
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import math
 import os
 import random
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+import httpx
 import openai
+
+from .limits import EndpointState
+from .render import ChatRenderer, chat_messages, get_renderer
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MODES = ("completions", "chat-prefill", "chat")
@@ -53,6 +54,7 @@ class Endpoint:
     max_concurrency: int | None = None
     rpm: float | None = None
     tpm: float | None = None
+    api_key_env: str | None = None  # where the key came from (a ClientSpec names this, never the key)
 
 
 @dataclass
@@ -89,124 +91,6 @@ class _Retryable(Exception):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-# --------------------------------------------------------------------------- chat template
-_CHATML_SYSTEM = re.compile(r"<\|im_start\|>system\n.*?<\|im_end\|>\n?", re.S)
-_LLAMA3_SYSTEM = re.compile(r"<\|start_header_id\|>system<\|end_header_id\|>.*?<\|eot_id\|>", re.S)
-
-
-_IMPORT_LOCK = threading.Lock()
-
-
-class ChatRenderer:
-    """Renders a chat with the model's own template, locally (for ``completions`` mode).
-
-    When the input has no system message, a default system turn injected by the template itself
-    (SmolLM2 and Qwen2.5 ChatML templates, Llama 3's date header) is removed: the recipe says no
-    system prompt, and the rendered text is what the server receives. A leading BOS token is
-    dropped when the tokenizer adds one by itself, so servers that tokenise with special tokens
-    do not see it twice.
-    """
-
-    def __init__(self, tokenizer_path: str, *, keep_default_system: bool = False):
-        # transformers resolves its names lazily; two threads doing so at once raised ImportError
-        with _IMPORT_LOCK:
-            from transformers import AutoTokenizer
-
-            self.tok = AutoTokenizer.from_pretrained(tokenizer_path)
-        self.keep_default_system = keep_default_system
-        bos = getattr(self.tok, "bos_token", None)
-        try:
-            ids = self.tok("x").input_ids
-            self._strip_bos = bool(bos) and bool(ids) and ids[0] == self.tok.bos_token_id
-        except Exception:  # pragma: no cover - exotic tokenizers
-            self._strip_bos = False
-        self._bos = bos or ""
-
-    def render(self, messages: Sequence[dict], prefix: str = "") -> str:
-        msgs = list(messages)
-        text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        if not self.keep_default_system and not any(m.get("role") == "system" for m in msgs):
-            text = _CHATML_SYSTEM.sub("", text, count=1)
-            text = _LLAMA3_SYSTEM.sub("", text, count=1)
-        if self._strip_bos and self._bos and text.startswith(self._bos):
-            text = text[len(self._bos):]
-        if prefix and text.endswith(prefix):
-            return text  # the template opens the think block itself (DeepSeek-R1's does)
-        return text + prefix
-
-
-@functools.lru_cache(maxsize=8)
-def get_renderer(tokenizer_path: str) -> ChatRenderer:
-    """One renderer per tokenizer per process (loading a tokenizer costs ~0.5 s)."""
-    return ChatRenderer(tokenizer_path)
-
-
-def chat_messages(messages: Sequence[dict], prefix: str, mode: str) -> list[dict]:
-    """The message list actually sent in chat modes (the prefix becomes a final assistant turn)."""
-    msgs = [dict(m) for m in messages]
-    if mode == "chat-prefill" and prefix:
-        msgs.append({"role": "assistant", "content": prefix})
-    return msgs
-
-
-# --------------------------------------------------------------------------- limits
-class _TokenBucket:
-    """Per-minute limit as a token bucket (burst = 1/6 of a minute's allowance, at least 1 unit)."""
-
-    def __init__(self, per_minute: float):
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, per_minute / 6.0)
-        self.level = self.capacity
-        self.t = time.monotonic()
-        self._lock: asyncio.Lock | None = None
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
-        self.t = now
-
-    async def take(self, amount: float) -> None:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        amount = min(amount, self.capacity)  # a single huge request must still be able to go
-        async with self._lock:  # FIFO: waiters are served in order
-            while True:
-                self._refill()
-                if self.level >= amount:
-                    self.level -= amount
-                    return
-                await asyncio.sleep((amount - self.level) / self.rate)
-
-    def refund(self, amount: float) -> None:
-        """Give back (positive) or charge extra (negative) once the real usage is known."""
-        self._refill()
-        self.level = min(self.capacity, self.level + amount)
-
-
-class _EndpointState:
-    def __init__(self, ep: Endpoint, cap: int, rpm: float | None, tpm: float | None):
-        self.ep = ep
-        self.cap = cap
-        self.sem: asyncio.Semaphore | None = None
-        self.assigned = 0  # queued on this endpoint or in flight
-        self.rpm = _TokenBucket(rpm) if rpm else None
-        self.tpm = _TokenBucket(tpm) if tpm else None
-        self.consecutive_failures = 0
-        self.open_until = 0.0  # circuit open (endpoint ejected) until this monotonic time
-        self.half_open_trial = False
-        self.ok = 0
-        self.failed = 0
-        self.ejections = 0
-
-    def semaphore(self) -> asyncio.Semaphore:
-        if self.sem is None:
-            self.sem = asyncio.Semaphore(self.cap)
-        return self.sem
-
-    def available(self, now: float) -> bool:
-        return now >= self.open_until
 
 
 class LLMClient:
@@ -252,7 +136,7 @@ class LLMClient:
         self.breaker_threshold = max(1, breaker_threshold)
         self.breaker_cooldown_s = breaker_cooldown_s
         self._states = {
-            e.name: _EndpointState(e, e.max_concurrency or max_concurrency, e.rpm or rpm, e.tpm or tpm) for e in self.endpoints
+            e.name: EndpointState(e, e.max_concurrency or max_concurrency, e.rpm or rpm, e.tpm or tpm) for e in self.endpoints
         }
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._renderer: ChatRenderer | None = None
@@ -280,8 +164,6 @@ class LLMClient:
     def _client(self, ep: Endpoint) -> openai.AsyncOpenAI:
         c = self._clients.get(ep.name)
         if c is None:
-            import httpx2
-
             cap = self._states[ep.name].cap
             c = openai.AsyncOpenAI(
                 base_url=ep.base_url,
@@ -290,7 +172,7 @@ class LLMClient:
                 max_retries=0,  # retries are ours, with jitter
                 http_client=openai.DefaultAsyncHttpxClient(
                     timeout=self.timeout_s,
-                    limits=httpx2.Limits(max_connections=max(cap * 2, 16), max_keepalive_connections=max(cap * 2, 16)),
+                    limits=httpx.Limits(max_connections=max(cap * 2, 16), max_keepalive_connections=max(cap * 2, 16)),
                 ),
             )
             self._clients[ep.name] = c
@@ -303,7 +185,7 @@ class LLMClient:
             for n, s in self._states.items()
         }
 
-    def _pick(self) -> _EndpointState:
+    def _pick(self) -> EndpointState:
         """Least loaded healthy endpoint (random tie-break); if all are ejected, the soonest back."""
         now = time.monotonic()
         states = list(self._states.values())
@@ -313,13 +195,13 @@ class LLMClient:
         best = min(s.assigned / s.cap for s in healthy)
         return random.choice([s for s in healthy if s.assigned / s.cap == best])
 
-    def _on_success(self, st: _EndpointState) -> None:
+    def _on_success(self, st: EndpointState) -> None:
         st.ok += 1
         st.consecutive_failures = 0
         st.half_open_trial = False
         st.open_until = 0.0
 
-    def _on_failure(self, st: _EndpointState) -> None:
+    def _on_failure(self, st: EndpointState) -> None:
         st.failed += 1
         st.consecutive_failures += 1
         if st.consecutive_failures < self.breaker_threshold and not st.half_open_trial:
@@ -441,10 +323,7 @@ class LLMClient:
                 pass
         self._clients.clear()
         for s in self._states.values():  # semaphores belong to the loop that is closing
-            s.sem = None
-            for b in (s.rpm, s.tpm):
-                if b is not None:
-                    b._lock = None
+            s.reset_loop()
 
     def complete_many(self, items: Sequence[tuple[Sequence[dict], Sampling, str]]) -> list[Completion | Exception]:
         """Synchronous helper: run many requests concurrently; failures come back as exceptions."""
@@ -490,6 +369,20 @@ def api_key_from_env(var: str | None) -> str:
     return os.environ.get(var, "EMPTY")
 
 
+def key_env_var(endpoint_cfg: Any) -> str | None:
+    """The environment variable that holds an endpoint's API key: ``api_key_env``, or for a key kept
+    in a Prefect Secret block (``api_key_secret``) the variable the task loads it into."""
+    var = getattr(endpoint_cfg, "api_key_env", None)
+    if var or not getattr(endpoint_cfg, "api_key_secret", None):
+        return var
+    return default_key_var(endpoint_cfg.name)
+
+
+def default_key_var(endpoint_name: str) -> str:
+    """``FINR1_API_KEY_<NAME>``: the variable for an endpoint whose key has no variable of its own."""
+    return "FINR1_API_KEY_" + "".join(ch if ch.isalnum() else "_" for ch in endpoint_name).upper()
+
+
 def endpoints_from_role(role: Any, default_base_url: str | None = None, api_keys: dict[str, str] | None = None) -> list[Endpoint]:
     """Build :class:`Endpoint` objects from an ``LLMRole`` config.
 
@@ -502,13 +395,7 @@ def endpoints_from_role(role: Any, default_base_url: str | None = None, api_keys
         url = ec.base_url or default_base_url
         if not url:
             raise ValueError(f"endpoint {ec.name!r} has no base_url and no managed server URL was given")
-        key = (api_keys or {}).get(ec.name) or api_key_from_env(ec.api_key_env)
-        out.append(Endpoint(ec.name, url, key))
+        var = key_env_var(ec)
+        key = (api_keys or {}).get(ec.name) or api_key_from_env(var)
+        out.append(Endpoint(ec.name, url, key, api_key_env=var))
     return out
-
-
-def per_worker(limit: float | None, workers: int) -> float | None:
-    """Split a global limit evenly across ``workers`` clients (rounded up for concurrency caps)."""
-    if limit is None:
-        return None
-    return max(1, math.ceil(limit / workers)) if isinstance(limit, int) else limit / workers

@@ -1,0 +1,426 @@
+"""The Ray side of distillation: Ray start-up and clean shutdown, the teacher worker actors and
+the shared request queue they pull from.
+
+Work stealing: a shard's missing requests go into one :class:`RequestQueue` actor. Every
+:class:`TeacherWorker` runs as many lanes as its client has concurrency slots; a lane takes the
+next request when it frees up. So a slow request holds one lane, never a chunk of other
+requests, and a worker that finishes early keeps pulling while the others are busy. Each
+response is written to the response cache the moment it completes.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any, Callable
+
+from ..llm import ClientSpec, LLMError, Sampling
+from ..storage import config_hash
+from .cache import ResponseCache
+
+log = logging.getLogger(__name__)
+
+# =========================================================================== Ray start and stop
+_RAY_LOCK = threading.Lock()
+_SESSION: dict[str, Any] = {"temp_dir": None, "atexit": False, "sigterm": False}
+
+
+def ray_init(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Initialise Ray once per process, behind a lock.
+
+    ``address`` None starts a local Ray (no dashboard, a fresh temp dir, auth off unless the
+    environment says otherwise), stopped with every helper process it started by
+    :func:`ray_shutdown` at exit or on SIGTERM; ``'auto'`` or ``'ray://host:10001'`` joins a
+    cluster. If Ray is already initialised in this process, this does nothing.
+    """
+    import ray
+
+    with _RAY_LOCK:
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if address not in (None, "", "local"):
+            ray.init(address=address, logging_level=logging.WARNING)
+            return
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray's OOM killer picks its own newest workers: here, the small I/O-bound teacher
+        # actors, while the memory is held by a model server outside Ray. Off for the local Ray.
+        os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+        temp_dir = tempfile.mkdtemp(prefix="finr1-ray-")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, logging_level=logging.WARNING)
+        _SESSION["temp_dir"] = temp_dir
+        install_exit_hooks()
+
+
+def install_exit_hooks() -> None:
+    """Call :func:`ray_shutdown` at exit and on SIGTERM (then the previous SIGTERM handler runs).
+    :func:`ray_init` does this itself; the SIGTERM part needs the main thread, so a program that
+    starts Ray from a worker thread calls this once from its main thread."""
+    if not _SESSION["atexit"]:
+        _SESSION["atexit"] = True
+        atexit.register(ray_shutdown)
+    if _SESSION["sigterm"] or threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread; atexit still covers exit
+    _SESSION["sigterm"] = True
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        ray_shutdown()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def ray_shutdown(grace_s: float = 3.0) -> list[int]:
+    """``ray.shutdown()``, then end every process the local Ray session of this process started
+    (GCS, raylet, agents, workers) that is still alive. Returns the PIDs that had to be ended.
+    Safe to call more than once; for a cluster (``ray://``, ``auto``) it only disconnects."""
+    import ray
+
+    temp_dir = _SESSION["temp_dir"]
+    procs = session_processes(temp_dir) if temp_dir else []
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        drop_pool()
+        _SESSION["temp_dir"] = None
+    return end_processes(procs, grace_s)
+
+
+def _proc_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, start time, command line) for every process we can read."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        out[int(d)] = (int(fields[1]), fields[19], cmd)
+    return out
+
+
+def session_processes(*markers: str) -> list[tuple[int, str]]:
+    """(pid, start time) of the processes of a Ray session: those whose command line contains one
+    of ``markers`` (the session's temp dir names GCS, raylet and monitors; a head's GCS address
+    names its Ray Client server) and all their descendants (agents and workers, renamed
+    ``ray::...``). Never this process."""
+    table = _proc_table()
+    me = os.getpid()
+    found = {p for p, (_, _, cmd) in table.items() if p != me and any(m and m in cmd for m in markers)}
+    grew = True
+    while grew:
+        kids = {p for p, (pp, _, _) in table.items() if pp in found and p not in found and p != me}
+        grew = bool(kids)
+        found |= kids
+    return [(p, table[p][1]) for p in sorted(found)]
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[19] == start and fields[0] != "Z"  # same process (not a reused PID), not a zombie
+
+
+def end_processes(procs: list[tuple[int, str]], grace_s: float = 3.0) -> list[int]:
+    """SIGTERM the processes still alive (same PID and start time), SIGKILL those left after
+    ``grace_s``. Returns the PIDs that were alive."""
+    left = [(p, s) for p, s in procs if _alive(p, s)]
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        for p, _ in left:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+        t = time.monotonic()
+        while left and time.monotonic() - t < wait:
+            time.sleep(0.05)
+            left = [(p, s) for p, s in left if _alive(p, s)]
+        if not left:
+            break
+    return [p for p, s in procs if (p, s) not in left]
+
+
+# =========================================================================== the actors
+class RequestQueue:
+    """Ray actor: the pending requests of each running shard (one deque per job id)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, deque] = {}
+
+    def put(self, job_id: str, reqs: list[dict]) -> int:
+        self._jobs[job_id] = deque(reqs)
+        return len(reqs)
+
+    def take(self, job_id: str, n: int) -> list[dict]:
+        q = self._jobs.get(job_id)
+        if not q:
+            return []
+        return [q.popleft() for _ in range(min(n, len(q)))]
+
+    def left(self, job_id: str) -> int:
+        return len(self._jobs.get(job_id) or ())
+
+    def drop(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    def ping(self) -> bool:
+        return True
+
+
+class TeacherWorker:
+    """Ray actor (async): pulls requests of a job from the queue, runs them through its LLMClient
+    (built here from a :class:`ClientSpec`, keys from this process's environment) and caches each
+    response."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, Any] = {}
+        self._caches: dict[str, ResponseCache] = {}
+        self._progress: dict[str, dict] = {}
+
+    def client(self, spec: ClientSpec) -> Any:
+        h = config_hash(spec.to_dict())
+        if h not in self._clients:
+            self._clients[h] = spec.build()
+        return self._clients[h]
+
+    def cache(self, root: str, opts: dict) -> ResponseCache:
+        h = config_hash([root, sorted(opts)])
+        if h not in self._caches:
+            self._caches[h] = ResponseCache(root, opts)
+        return self._caches[h]
+
+    def progress(self, job_id: str) -> dict | None:
+        return self._progress.get(job_id)
+
+    def ping(self) -> bool:
+        return True
+
+    async def run(self, job_id: str, spec: ClientSpec, job: dict, cache_root: str, cache_opts: dict, queue: Any) -> list[dict]:
+        """Work the job until the queue is empty. ``job``: model, mode, sampling, sampling_key."""
+        client, cache = self.client(spec), self.cache(cache_root, cache_opts)
+        sampling = Sampling(**job["sampling"])
+        prog = self._progress[job_id] = {"done": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        lanes = max(1, spec.capacity())
+        take = _Feeder(queue, job_id, batch=max(1, lanes // 4))
+        out: list[dict] = []
+
+        async def lane() -> None:
+            while (r := await take()) is not None:
+                out.append(await _one(client, cache, sampling, job, r, prog))
+
+        try:
+            await asyncio.gather(*(lane() for _ in range(lanes)))
+            return out
+        finally:
+            self._progress.pop(job_id, None)
+
+
+class _Feeder:
+    """A worker's buffer in front of the queue, refilled in the background (``batch`` requests at a
+    time) when it runs low, so lanes rarely wait on a queue round trip. Any free lane of the worker
+    takes the next buffered request, so a slow request never holds others back."""
+
+    def __init__(self, queue: Any, job_id: str, batch: int):
+        self.queue, self.job_id, self.batch = queue, job_id, batch
+        self.buf: deque = deque()
+        self.refill: asyncio.Task | None = None
+        self.closed = False
+
+    async def _fetch(self) -> None:
+        try:
+            got = await self.queue.take.remote(self.job_id, self.batch)
+        except Exception as e:  # the queue is gone: stop; the driver reports what is left
+            log.warning("request queue lost: %s", type(e).__name__)
+            got = []
+        self.buf.extend(got)
+        self.closed = not got
+        self.refill = None
+
+    async def __call__(self) -> dict | None:
+        while True:
+            if len(self.buf) <= self.batch // 2 and not self.closed and self.refill is None:
+                self.refill = asyncio.ensure_future(self._fetch())
+            if self.buf:
+                return self.buf.popleft()
+            if self.refill is None:
+                return None  # closed and drained
+            await asyncio.shield(self.refill)
+
+
+async def _one(client: Any, cache: ResponseCache, sampling: Sampling, job: dict, r: dict, prog: dict) -> dict:
+    try:
+        c = await client.acomplete(r.get("messages") or [], sampling, r.get("prefix", ""), prompt=r.get("prompt"), key=r["key"])
+    except LLMError as e:
+        prog["failed"] += 1
+        return {"ok": False, "key": r["key"], "error": str(e)}
+    rec = {
+        "key": r["key"], "record_id": r["record_id"], "sample_index": r["sample_index"],
+        "model": job["model"], "mode": job["mode"], "endpoint": c.endpoint, "sampling": job["sampling_key"],
+        "prompt_hash": r.get("prompt_hash"), "text": c.text, "finish_reason": c.finish_reason,
+        "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "attempts": c.attempts,
+        "started_at": c.started_at, "ended_at": c.ended_at,
+    }
+    cached = await _put_with_retries(cache, rec)
+    prog["done"] += 1
+    prog["prompt_tokens"] += c.prompt_tokens
+    prog["completion_tokens"] += c.completion_tokens
+    return {"ok": True, "record": rec, "cached": cached}
+
+
+async def _put_with_retries(cache: ResponseCache, rec: dict, tries: int = 4) -> bool:
+    for i in range(tries):
+        try:
+            if cache.local:
+                cache.put(rec)  # ~100 µs: cheaper inline than a thread hop
+            else:
+                await asyncio.to_thread(cache.put, rec)
+            return True
+        except Exception as e:  # noqa: BLE001 - the driver retries the write once more
+            log.warning("cache write failed (%s), try %d/%d", type(e).__name__, i + 1, tries)
+            await asyncio.sleep(0.2 * 2**i)
+    return False
+
+
+# =========================================================================== the pool
+_POOL_LOCK = threading.Lock()
+_POOL: dict[str, Any] = {"job": None, "workers": [], "queue": None}
+
+
+def worker_pool(n: int) -> tuple[list, Any]:
+    """(``n`` long-lived TeacherWorker actors, the RequestQueue actor), reused by every shard of
+    this process (actor start-up is paid once). Rebuilt when Ray was re-initialised or an actor died."""
+    import ray
+
+    with _POOL_LOCK:
+        job = ray.get_runtime_context().get_job_id()
+        if _POOL["job"] != job:
+            _POOL.update(job=job, workers=[], queue=None)
+        if _POOL["queue"] is None:
+            _POOL["queue"] = ray.remote(num_cpus=0, max_restarts=0)(RequestQueue).remote()
+        workers = _POOL["workers"]
+        if len(workers) < n:
+            cls = ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=0)(TeacherWorker)
+            workers.extend(cls.remote() for _ in range(n - len(workers)))
+        return workers[:n], _POOL["queue"]
+
+
+def drop_pool() -> None:
+    with _POOL_LOCK:
+        _POOL.update(job=None, workers=[], queue=None)
+
+
+def warm_workers(distill_cfg: Any) -> None:
+    """Start Ray and the actors ahead of the first shard (optional)."""
+    import ray
+
+    ray_init(distill_cfg.ray_address, distill_cfg.ray_num_cpus)
+    workers, queue = worker_pool(distill_cfg.num_workers)
+    ray.get([w.ping.remote() for w in workers] + [queue.ping.remote()])
+
+
+Progress = Callable[[int, float], None]  # (requests done by this call, completion tokens/s)
+
+
+def run_requests(reqs: list[dict], spec: ClientSpec, job: dict, cache_root: str, cache_opts: dict, distill_cfg: Any,
+                 on_progress: Progress | None = None) -> tuple[dict[str, dict], dict[str, str], list[dict]]:
+    """Run ``reqs`` on the worker actors (work stealing through the queue); return (records by
+    key, failure reason by key, records the workers could not cache). Every request ends up in
+    exactly one of the first two."""
+    import ray
+
+    ray_init(distill_cfg.ray_address, distill_cfg.ray_num_cpus)
+    n = max(1, min(distill_cfg.num_workers, len(reqs)))
+    workers, queue = worker_pool(distill_cfg.num_workers)
+    workers = workers[:n]
+    job_id = uuid.uuid4().hex
+    ray.get(queue.put.remote(job_id, reqs))
+    wspec = spec.for_workers(distill_cfg.num_workers)
+    refs = {w.run.remote(job_id, wspec, job, cache_root, cache_opts, queue): w for w in workers}
+    state = _Collect(job_id)
+    try:
+        state.wait(refs, on_progress)
+    finally:
+        try:
+            queue.drop.remote(job_id)
+        except Exception:  # noqa: BLE001 - the queue actor may be gone with its job
+            pass
+    for r in reqs:  # taken by a worker that died, or left in the queue when every worker died
+        if r["key"] not in state.records and r["key"] not in state.failures:
+            state.failures[r["key"]] = state.lost or "not run: no worker took it"
+    if state.lost:
+        drop_pool()
+    return state.records, state.failures, state.unsaved
+
+
+class _Collect:
+    """Driver-side collection of the workers' results, with live progress."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.records: dict[str, dict] = {}
+        self.failures: dict[str, str] = {}
+        self.unsaved: list[dict] = []
+        self.lost: str | None = None
+        self.done = 0
+        self.tokens = 0
+
+    def add(self, out: list[dict]) -> None:
+        for o in out:
+            if o["ok"]:
+                self.records[o["record"]["key"]] = o["record"]
+                self.done += 1
+                self.tokens += int(o["record"].get("completion_tokens") or 0)
+                if not o.get("cached", True):
+                    self.unsaved.append(o["record"])
+            else:
+                self.failures[o["key"]] = o["error"]
+
+    def wait(self, refs: dict, on_progress: Progress | None) -> None:
+        import ray
+
+        t0 = time.monotonic()
+        remaining = list(refs)
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.5)
+            for ref in ready:
+                try:
+                    self.add(ray.get(ref))
+                except Exception as e:  # the worker died: what it cached is safe, the rest is reported
+                    self.lost = f"worker lost: {type(e).__name__}"
+            if on_progress is not None:
+                done, toks = self.done, self.tokens
+                for p in self._live([refs[r] for r in remaining]):
+                    done, toks = done + p["done"], toks + p["completion_tokens"]
+                on_progress(done, toks / max(1e-9, time.monotonic() - t0))
+
+    def _live(self, workers: list) -> list[dict]:
+        import ray
+
+        if not workers:
+            return []
+        try:
+            return [p for p in ray.get([w.progress.remote(self.job_id) for w in workers], timeout=10) if p]
+        except Exception:  # noqa: BLE001 - progress is best effort
+            return []
