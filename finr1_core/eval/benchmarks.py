@@ -89,7 +89,7 @@ def _eval_rows(records: list[dict]) -> tuple[list[dict], str]:
 
 
 def _load(bench: Benchmark, key: str | None, path: str | None, limit: int | None):
-    sources = (key,) if key and key in bench.sources else bench.sources
+    sources = (key,) if key and key != bench.name and key in bench.sources else bench.sources
     errors = []
     for src in sources:
         try:

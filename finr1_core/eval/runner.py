@@ -41,6 +41,7 @@ class EvalSettings:
     tpm: float | None = None
     rel_tol: float = 0.01
     flush_every: int = 8
+    judge_max_tokens: int = 1024
 
     def sampling_dict(self) -> dict:
         return self.sampling.as_dict()
@@ -117,7 +118,9 @@ class Progress:
 async def _run_target(t: ModelTarget, base_url: str, items: list[dict], judge_client: LLMClient | None,
                       cache: ResultCache, s: EvalSettings, progress: Progress) -> None:
     client = _client(t, base_url, s)
-    judge = AnswerJudge(judge_client) if judge_client is not None else None
+    judge = None
+    if judge_client is not None:
+        judge = AnswerJudge(judge_client, sampling=Sampling(temperature=0.0, top_p=1.0, max_tokens=s.judge_max_tokens))
     queue: asyncio.Queue = asyncio.Queue()
     for it in items:
         queue.put_nowait(it)
@@ -150,6 +153,14 @@ def _row(t: ModelTarget, it: dict, res: dict, judge_client: LLMClient | None, s:
         "judge_model": judge_client.model if (judge_client is not None and res.get("scored_by") in ("judge", "undecided")) else None,
         "sampling": json.dumps(s.sampling_dict()), "cache_key": it["cache_key"],
     }
+
+
+def default_server():
+    """``transformers serve`` on CPU, one request at a time: its continuous batching stalled here
+    under a loaded CPU (no response in 120 s for four short prompts; without it: 88 s for all four)."""
+    from finr1_core.serving import ManagedServer
+
+    return ManagedServer(continuous_batching=False)
 
 
 def plan(targets: Sequence[ModelTarget], bench_rows: dict[str, dict], cache: ResultCache, s: EvalSettings) -> tuple[dict, dict]:
@@ -230,9 +241,7 @@ def run_eval(models: Sequence[ModelTarget | str], benchmarks: Sequence[str] | st
     progress = Progress(sum(len(v) for v in pending.values()), on_progress)
     need_server = any(pending[t.name] and (t.is_local or (jt is not None and jt.is_local)) for t in targets)
     if need_server:
-        from finr1_core.serving import ManagedServer
-
-        ctx = (serve or ManagedServer)()
+        ctx = (serve or default_server)()
     else:
         ctx = contextlib.nullcontext(None)
     with ctx as srv:
