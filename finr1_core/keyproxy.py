@@ -7,6 +7,7 @@ vLLM does not need it: ``vllm serve`` checks ``VLLM_API_KEY`` itself.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 
 import httpx
@@ -43,8 +44,13 @@ def key_proxy_app(upstream: str, api_key: str):
         out_headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP}
         return StreamingResponse(r.aiter_raw(), status_code=r.status_code, headers=out_headers, background=BackgroundTask(r.aclose))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await client.aclose()
+
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", handle, methods=methods)], on_shutdown=[client.aclose])
+    return Starlette(routes=[Route("/{path:path}", handle, methods=methods)], lifespan=lifespan)
 
 
 def run_key_proxy(upstream: str, api_key: str, host: str, port: int) -> None:

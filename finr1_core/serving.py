@@ -117,6 +117,8 @@ class ManagedServer:
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_term(signum, frame):
+            if self.proc is None:  # a second SIGTERM while stopping: let the first finish the job
+                return
             self.stop()
             if callable(previous) and previous not in (signal.SIG_IGN, signal.SIG_DFL):
                 previous(signum, frame)
@@ -126,9 +128,16 @@ class ManagedServer:
         self._previous_sigterm = previous
 
     def stop(self) -> None:
-        if getattr(self, "_previous_sigterm", None) is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+        try:
+            self._stop_process()
+        finally:
+            # restored only once the server is gone: a second SIGTERM during the stop (a wrapper
+            # such as `timeout` forwarding it) must not end this process before its child
+            if getattr(self, "_previous_sigterm", None) is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+                self._previous_sigterm = None
+
+    def _stop_process(self) -> None:
         p, self.proc = self.proc, None
         if p is None or p.poll() is not None:
             return

@@ -52,11 +52,13 @@ def get_benchmark(name: str) -> Benchmark:
     return BENCHMARKS[name]
 
 
-def parse_benchmarks(text: str | list[str]) -> list[Benchmark]:
-    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    if not names:
+def parse_benchmarks(text: str | list) -> list[Benchmark]:
+    """Comma-separated names, or a list of names and :class:`Benchmark` objects (order kept)."""
+    items = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
+    items = [b if isinstance(b, Benchmark) else get_benchmark(b) for b in items if b]
+    if not items:
         raise EvalError("--benchmarks: give at least one name")
-    return [get_benchmark(n) for n in dict.fromkeys(names)]
+    return list({b.name: b for b in items}.values())
 
 
 def benchmark_for_data_key(key: str) -> Benchmark:

@@ -155,8 +155,8 @@ def _row(t: ModelTarget, it: dict, res: dict, judge_client: LLMClient | None, s:
     }
 
 
-def default_server():
-    """``transformers serve`` on CPU, one request at a time: its continuous batching stalled here
+def default_server(model: str | None = None):
+    """``transformers serve`` on CPU (loads ``model`` on demand), one request at a time: its continuous batching stalled here
     under a loaded CPU (no response in 120 s for four short prompts; without it: 88 s for all four)."""
     from finr1_core.serving import ManagedServer
 
@@ -210,15 +210,15 @@ def load_rows(benches: Sequence[Benchmark], data: dict[str, tuple[str, str]], li
 def run_eval(models: Sequence[ModelTarget | str], benchmarks: Sequence[str] | str, data: dict | Sequence[str] | None = None,
              limit: int | None = None, out: str = "eval-out", *, judge: ModelTarget | str | None = None,
              on_progress: Callable[[dict], None] | None = None, settings: EvalSettings | None = None,
-             serve: Callable[[], contextlib.AbstractContextManager] | None = None, reference: bool = True,
+             serve: Callable[[str], contextlib.AbstractContextManager] | None = None, reference: bool = True,
              prompts_cfg=None, bench_rows: dict[str, dict] | None = None) -> EvalResult:
     """Evaluate every model on every benchmark; results, table and chart are written under ``out``.
 
     ``models``: :class:`ModelTarget` or ``NAME=PATH`` / ``NAME=URL#MODEL`` strings. ``data``:
-    ``{benchmark_or_source: path}`` or ``["SOURCE=PATH", ...]``. ``serve``: a factory of the
-    server for local checkpoints (a context manager with ``base_url``; default: ``transformers
-    serve`` through :class:`finr1_core.serving.ManagedServer`), started only when a local model
-    has rows left to evaluate. ``bench_rows`` replaces loading (the pipeline's held-out rows).
+    ``{benchmark_or_source: path}`` or ``["SOURCE=PATH", ...]``. ``serve(path)``: the server of
+    one local checkpoint (a context manager with ``base_url``; default: ``transformers serve``
+    through :class:`finr1_core.serving.ManagedServer`), started only while that model has rows
+    left to evaluate (and once for a local judge). ``bench_rows`` replaces loading (the pipeline's held-out rows).
     """
     from .table import build_table, write_outputs
 
@@ -239,17 +239,16 @@ def run_eval(models: Sequence[ModelTarget | str], benchmarks: Sequence[str] | st
     cache = ResultCache(out, s.flush_every)
     pending, cached = plan(targets, rows, cache, s)
     progress = Progress(sum(len(v) for v in pending.values()), on_progress)
-    need_server = any(pending[t.name] and (t.is_local or (jt is not None and jt.is_local)) for t in targets)
-    if need_server:
-        ctx = (serve or default_server)()
-    else:
-        ctx = contextlib.nullcontext(None)
-    with ctx as srv:
-        local_url = getattr(srv, "base_url", None)
+    with contextlib.ExitStack() as stack:
+        judge_url = None
+        if jt is not None and jt.is_local and any(pending.values()):
+            judge_url = stack.enter_context((serve or default_server)(jt.path)).base_url
         for t in targets:
-            if pending[t.name]:
-                jc = _judge_client(jt, local_url if (jt is not None and jt.is_local) else None, s)
-                run_sync(_run_target(t, local_url if t.is_local else t.base_url, pending[t.name], jc, cache, s, progress))
+            if not pending[t.name]:
+                continue
+            with ((serve or default_server)(t.path) if t.is_local else contextlib.nullcontext(None)) as srv:
+                jc = _judge_client(jt, judge_url, s)
+                run_sync(_run_target(t, srv.base_url if t.is_local else t.base_url, pending[t.name], jc, cache, s, progress))
     done_rows = _collect(targets, rows, cache, s)
     table = build_table(done_rows, [b for b in benches if b.name in rows], [t.name for t in targets])
     md, uris = write_outputs(out, done_rows, table, reference=reference, judge=jt.request_model if jt else None)
