@@ -138,3 +138,27 @@ def test_killed_run_resumes_from_the_cache(tmp_path):
         assert "requests this run: %d" % second in done.stdout
         table = json.loads(Path(out, "table.json").read_text())
         assert table["models"]["ext"]["FinQA"]["n"] == 20 and table["models"]["ext"]["TFNS"]["n"] == 20
+
+
+def test_production_config_eval_needs_no_local_base_url():
+    """The production eval serves its checkpoints itself (vllm) and judges with the judge role's endpoint."""
+    from finr1_core.config import load_config
+    from finr1_core.eval.from_config import judge_from_config, server_factory, settings_from_config, targets_from_config
+    from finr1_core.serving import VLLMServer
+
+    cfg = load_config(REPO / "configs/production.yaml")
+    cfg.eval.models = [dict(name="ext", base_url="http://x:8000/v1/", model="m", api_key_env="FINR1_TEST_EXT_KEY")]
+    os.environ["FINR1_TEST_EXT_KEY"] = "k1"
+    try:
+        ts = targets_from_config(cfg, {"base": "/models/base", "sft": "/models/sft", "grpo": None})
+    finally:
+        del os.environ["FINR1_TEST_EXT_KEY"]
+    assert [(t.name, t.is_local) for t in ts] == [("base", True), ("sft", True), ("ext", False)]
+    assert ts[2].base_url == "http://x:8000/v1" and ts[2].api_key == "k1" and ts[2].request_mode == "chat"
+    j = judge_from_config(cfg)
+    assert j.base_url == "http://vllm-qwen72b.finr1.svc:8000/v1" and j.model == "Qwen/Qwen2.5-72B-Instruct"
+    srv = server_factory(cfg)("/models/sft")
+    assert isinstance(srv, VLLMServer) and srv.command()[1:3] == ["serve", "/models/sft"]
+    s = settings_from_config(cfg)
+    assert s.sampling.max_tokens == 16384 and s.max_concurrency == 64 and s.prefix == "<think>\n"
+    assert cfg.eval.benchmarks == ["fineval", "cfbenchmark"]
