@@ -76,7 +76,7 @@ def server_factory(cfg) -> Callable:
     if cfg.eval.server == "vllm":
         return lambda path: VLLMServer(path, "127.0.0.1", 0)
     s = cfg.serve
-    return lambda path: ManagedServer(continuous_batching=False, startup_timeout_s=s.startup_timeout_s)
+    return lambda path: ManagedServer(path, continuous_batching=False, startup_timeout_s=s.startup_timeout_s)
 
 
 def eval_from_config(cfg, checkpoints: dict[str, str], heldout: list[dict], out: str, *,

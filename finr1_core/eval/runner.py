@@ -160,7 +160,7 @@ def default_server(model: str | None = None):
     under a loaded CPU (no response in 120 s for four short prompts; without it: 88 s for all four)."""
     from finr1_core.serving import ManagedServer
 
-    return ManagedServer(continuous_batching=False)
+    return ManagedServer(model, continuous_batching=False)
 
 
 def plan(targets: Sequence[ModelTarget], bench_rows: dict[str, dict], cache: ResultCache, s: EvalSettings) -> tuple[dict, dict]:
