@@ -37,6 +37,7 @@ def test_wilson_interval_known_cases():
     lo, hi = wilson_ci(81, 263)
     assert (round(lo, 3), round(hi, 3)) == (0.255, 0.366)
     assert wilson_ci(0, 0) == (0.0, 1.0)
+    assert wilson_ci(10, 10)[1] == 1.0 and round(wilson_ci(10, 10)[0], 4) == 0.7225
     with pytest.raises(ValueError, match="k must be within"):
         wilson_ci(11, 10)
 
@@ -162,3 +163,26 @@ def test_production_config_eval_needs_no_local_base_url():
     s = settings_from_config(cfg)
     assert s.sampling.max_tokens == 16384 and s.max_concurrency == 64 and s.prefix == "<think>\n"
     assert cfg.eval.benchmarks == ["fineval", "cfbenchmark"]
+
+
+def test_finr1_eval_flow_publishes_the_table(tmp_path, monkeypatch):
+    """The finr1-eval deployment's flow on a real (ephemeral) Prefect: same parameters as the CLI."""
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a loaded shared CPU
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.eval import finr1_eval
+
+    with FakeOpenAIProcess(seed=11) as srv:
+        out = finr1_eval([f"ext={srv.url}#fake-teacher"], str(tmp_path / "out"), "tfns", [f"tfns={DATA['tfns']}"], limit=3, max_tokens=20)
+    assert out["evaluated"] == 3 and out["table"]["models"]["ext"]["TFNS"]["n"] == 3
+
+    async def latest():
+        async with get_client() as c:
+            arts = await c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["finr1-eval-table"])))
+            return arts[-1].data
+
+    md = asyncio.run(latest())
+    assert "| ext |" in md and "n=3" in md and "Wilson" in md

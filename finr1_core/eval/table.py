@@ -98,8 +98,8 @@ def bar_chart_png(table: dict) -> bytes:
                 continue
             xs.append(j + (i - (len(models) - 1) / 2) * width)
             ys.append(cl["accuracy"])
-            err[0].append(cl["accuracy"] - cl["ci_low"])
-            err[1].append(cl["ci_high"] - cl["accuracy"])
+            err[0].append(max(0.0, cl["accuracy"] - cl["ci_low"]))
+            err[1].append(max(0.0, cl["ci_high"] - cl["accuracy"]))
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=m)
     ax.set_xticks(range(len(cols)), cols, rotation=20)
     ax.set_ylim(0, 1)
