@@ -1,5 +1,5 @@
-"""Evaluation of served models on held-out rows: rule scoring first, then the LLM answer judge
-for rows the rules cannot decide (verdict ``unknown``).
+"""The pipeline's current eval-stage helpers, kept until the stage calls
+:func:`finr1_core.eval.from_config.eval_from_config`; scoring is :func:`finr1_core.eval.score_row`.
 
 Each model is reached over the OpenAI API, exactly as a served model is used in production, so
 the same code evaluates a vLLM endpoint or the embedded ``transformers serve``.
@@ -10,9 +10,7 @@ import asyncio
 from collections import defaultdict
 from typing import Sequence
 
-from finr1_core.extract import extract_answer
 from finr1_core.llm import LLMClient, Sampling
-from finr1_core.verify import verify
 
 # The seed's results table columns (Fin-R1 README) and the sources they come from.
 SEED_COLUMNS = {
@@ -25,34 +23,27 @@ SEED_COLUMNS = {
 
 
 async def _eval_rows(client: LLMClient, rows: Sequence[dict], sampling: Sampling, prefix: str, judge=None, rel_tol=0.01) -> list[dict]:
-    async def one(r: dict) -> dict:
-        out = {
-            "record_id": r["record_id"],
-            "repo_name": r["repo_name"],
-            "answer": r.get("answer"),
-            "answer_type": r.get("answer_type"),
-        }
-        try:
-            c = await client.acomplete(r["messages"], sampling, prefix)
-            text = prefix + c.text
-            out.update(output=text, finish_reason=c.finish_reason, completion_tokens=c.completion_tokens, error=None)
-        except Exception as e:  # a failed request is scored incorrect and labelled, never dropped
-            out.update(output="", finish_reason=None, completion_tokens=0, error=f"{type(e).__name__}: {e}"[:300])
-            text = ""
-        pred = extract_answer(text) if text else None
-        v = verify(r.get("answer"), pred, r.get("answer_type"), rel_tol=rel_tol)
-        out.update(extracted=pred, rule_verdict=v.verdict, judge_score=None, scored_by="rule")
-        final = v.verdict
-        if v.verdict == "unknown" and judge is not None and text:
-            j = await judge.judge(r.get("question", ""), r.get("answer"), text)
-            out["judge_score"] = j.score
-            out["scored_by"] = "judge"
-            final = {1: "correct", 0: "incorrect"}.get(j.score, "unknown")
-        out["verdict"] = final
-        out["correct"] = final == "correct"
-        return out
+    """Scored through :func:`finr1_core.eval.score_row` by a fixed pool of workers (never one task per row)."""
+    from finr1_core.eval import EvalSettings, score_row
 
-    return list(await asyncio.gather(*(one(r) for r in rows)))
+    settings = EvalSettings(sampling=sampling, rel_tol=rel_tol)
+    out: list[dict | None] = [None] * len(rows)
+    queue: asyncio.Queue = asyncio.Queue()
+    for i, r in enumerate(rows):
+        queue.put_nowait((i, r))
+
+    async def worker() -> None:
+        while not queue.empty():
+            i, r = queue.get_nowait()
+            item = {"messages": r["messages"], "answer": r.get("answer"), "answer_type": r.get("answer_type"),
+                    "question": r.get("question", ""), "sample": 0}
+            res = await score_row(client, judge, item, prefix, settings)
+            out[i] = {"record_id": r["record_id"], "repo_name": r["repo_name"], "answer": r.get("answer"),
+                      "answer_type": r.get("answer_type"), **res}
+
+    cap = sum(max(1, e.max_concurrency or client.max_concurrency) for e in client.endpoints)
+    await asyncio.gather(*(worker() for _ in range(max(1, min(len(rows), cap)))))
+    return out  # type: ignore[return-value]
 
 
 def evaluate_model(client: LLMClient, rows: Sequence[dict], sampling: Sampling, prefix: str = "<think>\n", judge=None, rel_tol=0.01) -> list[dict]:
