@@ -2,7 +2,6 @@
 and one external endpoint (the project's fake OpenAI server), on held-out records."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq

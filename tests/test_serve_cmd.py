@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from finr1_core.config import embedded_model_dir
 from finr1_core.serving import VLLMServer, forced_think_template, free_port
