@@ -232,15 +232,38 @@ class TrainConfig(_Strict):
     seed: int = 0
 
 
+class EvalModelConfig(_Strict):
+    """An extra model evaluated beside the run's own checkpoints: an OpenAI-compatible endpoint."""
+
+    name: str = Field(description="Row name in the results table")
+    base_url: str = Field(description="OpenAI-compatible base URL")
+    model: str = Field(description="Model name the endpoint serves")
+    mode: Literal["completions", "chat-prefill", "chat"] = "chat"
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key")
+    api_key_secret: str | None = Field(None, description="Prefect Secret block holding the API key (resolved by the task)")
+
+
 class EvalConfig(_Strict):
     endpoints: list[EndpointConfig] = Field(
         default_factory=lambda: [EndpointConfig(name="local")],
-        description="Where the student checkpoints are served (no base_url = the managed local server)",
+        description="Where the student checkpoints are served (no base_url = finr1 serves them itself, see `server`)",
     )
-    max_rows: int = Field(12, ge=1, description="Held-out rows evaluated per model")
+    server: Literal["transformers", "vllm"] = Field(
+        "transformers", description="What serves a local checkpoint for the eval: `transformers serve` (CPU) or `vllm serve` (GPU)"
+    )
+    models: list[EvalModelConfig] = Field(default_factory=list, description="Extra endpoints evaluated beside base/sft/grpo")
+    benchmarks: list[str] = Field(default_factory=list, description="Named benchmarks (finr1 eval) run beside the held-out rows")
+    data: dict[str, str] = Field(default_factory=dict, description="benchmark or source name -> path (as `finr1 ingest --path`)")
+    max_rows: int = Field(12, ge=1, description="Held-out rows evaluated per model (and rows per named benchmark)")
     max_tokens: int = Field(96, ge=1)
     temperature: float = Field(0.0, ge=0)
-    use_judge: bool = True
+    top_p: float = Field(1.0, gt=0, le=1)
+    samples: int = Field(1, ge=1, description="Samples per row; accuracy is Pass@1 averaged over them")
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight per endpoint")
+    timeout_s: float = Field(300, gt=0)
+    max_retries: int = Field(3, ge=0)
+    use_judge: bool = Field(True, description="Send rows the rules cannot decide to the answer judge (the `judge` role)")
+    reference: bool = Field(True, description="Show Fin-R1's published numbers as labelled reference rows")
 
 
 class PipelineConfig(_Strict):

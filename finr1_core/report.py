@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-FIN_R1_REFERENCE = {
-    "Fin-R1-7B (published)": {"FinQA": 0.761, "ConvFinQA": 0.84, "Ant_Finance": 0.81, "TFNS": 0.718, "Finance-Instruct": 0.629},
-    "Qwen2.5-7B-Instruct (published)": {"FinQA": 0.60, "ConvFinQA": 0.66, "Ant_Finance": 0.85, "TFNS": 0.68, "Finance-Instruct": 0.49},
-}
-
 
 def _fmt(v) -> str:
     if v is None:
@@ -25,27 +20,13 @@ def md_table(header: list[str], rows: Iterable[list]) -> str:
     return "\n".join(lines)
 
 
-def results_table(acc: dict[str, dict[str, float | None]], include_reference: bool = True) -> str:
-    cols: list[str] = []
-    for row in acc.values():
-        for c in row:
-            if c not in cols and c != "Average":
-                cols.append(c)
-    cols.append("Average")
-    rows = [[m] + [acc[m].get(c) for c in cols] for m in acc]
-    if include_reference:
-        for m, ref in FIN_R1_REFERENCE.items():
-            rows.append([m] + [ref.get(c) for c in cols])
-    return md_table(["Model"] + cols, rows)
-
-
 def render_report(
     *,
     run_id: str,
     storage_root: str,
     profile: str,
     stage_counts: dict[str, int],
-    accuracy: dict[str, dict[str, float | None]],
+    results: str,
     distribution: str,
     route_counts: dict[str, int],
     pass_rates: dict[str, float | None],
@@ -60,13 +41,13 @@ def render_report(
         "",
         f"Profile: **{profile}** · storage root: `{storage_root}`",
         "",
-        "## Results (accuracy on held-out rows)",
+        "## Results (accuracy on held-out rows and named benchmarks)",
         "",
-        "Rule scoring first; rows the rules cannot decide go to the LLM answer judge. "
-        "Published Fin-R1 figures are shown for reference only: the embedded profile uses a 135M model "
-        "and a handful of rows, so it proves the machinery, not the quality.",
+        "Rule scoring first; rows the rules cannot decide go to the LLM answer judge. Each cell has n and a 95% "
+        "Wilson interval; Average is the mean over benchmark columns. Published Fin-R1 figures are reference rows "
+        "only: the embedded profile uses a 135M model and a handful of rows, so it proves the machinery, not the quality.",
         "",
-        results_table(accuracy),
+        results or "No model was evaluated.",
         "",
         "## Models",
         "",
@@ -104,12 +85,13 @@ def render_report(
 
 def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, str]) -> dict:
     """Gather a run's figures from its store, write ``report/report.md`` and ``report/summary.json``."""
-    from finr1_core.evaluate import accuracy_table
     from finr1_core.release import distribution_table
 
-    results = {e["shard"]: store.read_shard("eval", e["shard"]).to_pylist() for e in store.shards("eval")}
-    order = [m for m in ("base", "sft", "grpo") if m in results] + [m for m in results if m not in ("base", "sft", "grpo")]
-    acc = accuracy_table({m: results[m] for m in order})
+    table_md = store.uri("eval", "table", "table.md")
+    results = store.read_bytes(table_md).decode() if store.exists(table_md) else ""
+    table_json = store.uri("eval", "table", "table.json")
+    table = store.read_json(table_json) if store.exists(table_json) else {"columns": [], "models": {}}
+    acc = {m: {**{c: row[c]["accuracy"] for c in table["columns"]}, "Average": row["Average"]} for m, row in table["models"].items()}
     scored = store.read_rows("scored")
     sft, rl = store.read_rows("sft"), store.read_rows("rl")
     rel = (store.stage_manifest("release") or {}).get("summary", {})
@@ -126,13 +108,13 @@ def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, st
     links = {s: store.uri(s) for s in ("records", "quarantine", "distill", "scored", "sft", "rl", "release", "eval")}
     links["report"] = store.uri("report", "report.md")
     md = render_report(
-        run_id=cfg.run_id, storage_root=cfg.storage_root, profile=cfg.profile, stage_counts=stage_counts, accuracy=acc,
+        run_id=cfg.run_id, storage_root=cfg.storage_root, profile=cfg.profile, stage_counts=stage_counts, results=results,
         distribution=distribution_table({"sft": sft, "rl": rl}), route_counts={"sft": len(sft), "rl": len(rl)},
         pass_rates=pass_rates, accounting=acct, removed=rel.get("removed", {}), links=links, timings=timings, models=models,
     )
     store.write_text(store.uri("report", "report.md"), md)
     store.write_json(store.uri("report", "summary.json"), {"accuracy": acc, "stage_counts": stage_counts, "pass_rates": pass_rates, "accounting": acct})
-    return {"report": store.uri("report", "report.md"), "accuracy": acc, "stage_counts": stage_counts, "markdown": md}
+    return {"report": store.uri("report", "report.md"), "accuracy": acc, "table": table, "stage_counts": stage_counts, "markdown": md}
 
 
 def token_accounting(store) -> dict:

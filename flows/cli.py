@@ -303,6 +303,67 @@ def check_cmd(
     raise typer.Exit(0 if ok else 1)
 # ---------------------------------------------------------------- end check
 
+# ---------------------------------------------------------------- eval and serve (issue 13)
+@app.command("eval")
+def eval_cmd(
+    model: list[str] = typer.Option(..., "--model", help="NAME=PATH (local checkpoint, served for the duration) or NAME=URL#MODEL (key from $FINR1_EVAL_KEY_<NAME> or $OPENAI_API_KEY); repeatable"),
+    benchmarks: str = typer.Option(",".join(("finqa", "convfinqa", "ant_finance", "tfns", "finance_instruct")), "--benchmarks", help="Comma-separated benchmark names (see finr1_core.eval.BENCHMARKS)"),
+    data: list[str] = typer.Option([], "--data", help="SOURCE=PATH: a benchmark (or source) read from any file/folder `finr1 ingest --path` accepts, local or s3://; repeatable"),
+    limit: int = typer.Option(None, "--limit", min=1, help="Rows per benchmark"),
+    out: str = typer.Option(..., "--out", help="Output URI (local or s3://): per-row cache, results.parquet, table.md/json, chart.png"),
+    judge: str = typer.Option(None, "--judge", help="Answer judge for what rules cannot decide: PATH or URL#MODEL (none: undecided rows count as incorrect)"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=1),
+    judge_max_tokens: int = typer.Option(1024, "--judge-max-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    samples: int = typer.Option(1, "--samples", min=1, help="Samples per row (Pass@1 averaged over them)"),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight per endpoint"),
+    rpm: float = typer.Option(None, "--rpm", help="Requests per minute per endpoint"),
+    no_reference: bool = typer.Option(False, "--no-reference", help="Leave out Fin-R1's published reference rows"),
+) -> None:
+    """Evaluate named models on named benchmarks; a re-run evaluates only what is not cached."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from finr1_core.eval import EvalError, EvalSettings, run_eval
+    from finr1_core.llm import Sampling
+    from finr1_core.serving import ServerError
+    from finr1_core.sources import IngestError
+
+    settings = EvalSettings(sampling=Sampling(temperature, 1.0 if temperature == 0 else 0.95, max_tokens), samples=samples,
+                            max_concurrency=concurrency, rpm=rpm, judge_max_tokens=judge_max_tokens)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("failed {task.fields[failed]}"),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("eval", total=None, failed=0)
+
+        def on_progress(p: dict) -> None:
+            bar.update(task, total=p["total"], completed=p["done"], failed=p["failed"], description=f"eval {p['model']}")
+
+        try:
+            res = run_eval(model, benchmarks, data, limit, out, judge=judge, on_progress=on_progress, settings=settings, reference=not no_reference)
+        except (EvalError, ServerError, IngestError) as e:
+            fail(str(e))
+    for b, note in res.notes.items():
+        console.print(f"{b}: {note}", highlight=False, markup=False)
+    console.print(f"requests this run: {res.evaluated} (the rest from the cache under {out})", highlight=False, markup=False)
+    print(res.markdown)
+    console.print("written: " + ", ".join(res.uris.values()), highlight=False, markup=False)
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Argument(..., help="Model directory"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    api_key: str = typer.Option(None, "--api-key", envvar="FINR1_SERVE_API_KEY", help="Require 'Authorization: Bearer KEY' (also from $FINR1_SERVE_API_KEY)"),
+    engine: str = typer.Option("transformers", "--engine", help="transformers (embedded, CPU) or vllm (production, GPU)"),
+) -> None:
+    """Serve a model over the OpenAI API until Ctrl-C/SIGTERM (health check: GET /health)."""
+    from finr1_core.serving import ServerError, serve_forever
+
+    try:
+        serve_forever(model, host, port, api_key, engine, log=lambda m: console.print(m, highlight=False, markup=False))
+    except ServerError as e:
+        fail(str(e))
+# ---------------------------------------------------------------- end eval and serve
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -33,7 +33,6 @@ from tasks.stages import (
 )
 
 DEFAULT_CONFIG = "configs/embedded.yaml"
-Model = Literal["base", "sft", "grpo"]
 TOTALS = ("requests", "cached", "requested", "completed", "rows", "prompt_tokens", "completion_tokens", "paid_prompt_tokens", "paid_completion_tokens")
 
 
@@ -122,21 +121,18 @@ def train(config: str = DEFAULT_CONFIG, run_id: str | None = None, storage_root:
 
 @flow(name="finr1-evaluate", log_prints=False)
 def evaluate_models(config: str = DEFAULT_CONFIG, run_id: str | None = None, storage_root: str | None = None, limit: int | None = None,
-                    models: list[Model] | None = None, base_url: str | None = None, timings: dict | None = None) -> dict:
-    """Evaluate the base, SFT and GRPO models on the held-out rows (rules, then the judge) and write the run report.
+                    timings: dict | None = None) -> dict:
+    """Evaluate the base, SFT and GRPO checkpoints and the config's extra endpoints (rules, then the judge; 95% intervals) and write the run report.
 
     Args:
         config: Path of the pipeline config, relative to the repository root.
         run_id: The run to work on.
         storage_root: Override the storage root (a local path or s3://bucket/prefix); empty = the config's.
         limit: Cap rows per source (must match the run's).
-        models: Models to evaluate (base, sft, grpo); empty = all three.
-        base_url: URL of an already running managed model server; empty = start one when the config needs it.
         timings: Seconds per phase, shown in the report.
     """
-    with open_run(config, require_run_id(run_id, "evaluate"), storage_root, limit) as cfg, model_server(cfg, base_url) as url:
-        evaluated = evaluate.map(unmapped(cfg), models or list(stages.MODELS), unmapped(url))
-        return report(cfg, evaluated, timings)
+    with open_run(config, require_run_id(run_id, "evaluate"), storage_root, limit) as cfg:
+        return report(cfg, evaluate(cfg), timings)
 
 
 # ------------------------------------------------------------------------------------- helpers

@@ -3,7 +3,8 @@
     data -> distill_score -> filter -> train -> evaluate (+ report)
 
 Each step is a phase flow of its own (``flows/phases.py``). The embedded model server, when the
-config uses one, is opened once and shared by the phases that talk to it. If any shard fails, the
+config uses one, serves the teacher and the judges during distill_score; the evaluation serves
+each checkpoint itself. If any shard fails, the
 others still finish and are kept; the flow publishes a ``failed-shards`` artifact and ends Failed.
 Re-running the same run (``finr1 retry-failed RUN_ID`` or ``prefect flow-run retry``) redoes only
 what is missing.
@@ -42,7 +43,7 @@ def finr1_pipeline(config: str = "configs/embedded.yaml", storage_root: str | No
         stop_after: Stop after this stage (ingest, prompts, distill, score, split, sft, grpo, eval).
         wait: When another run holds this run id, wait for it to finish instead of failing at once.
     """
-    with open_run(config, run_id, storage_root, limit, wait=wait) as cfg, model_server(cfg) as url:
+    with open_run(config, run_id, storage_root, limit, wait=wait) as cfg:
         c = PipelineConfig.model_validate(cfg)
         stages.save_run_config(c)  # what `finr1 retry-failed RUN_ID` re-runs with
         run = dict(config=config, run_id=c.run_id, storage_root=c.storage_root, limit=c.limit)
@@ -53,7 +54,7 @@ def finr1_pipeline(config: str = "configs/embedded.yaml", storage_root: str | No
             data(**run, stop_after="ingest" if stop_after == "ingest" else None)
         if stop_after in ("ingest", "prompts"):
             return out
-        with timed(t, "distill + score"):
+        with timed(t, "distill + score"), model_server(cfg) as url:
             shards = distill_score(**run, score=stop_after != "distill", base_url=url, return_state=True)
         if shards.is_failed():
             return Failed(message=shards.message)
@@ -68,7 +69,7 @@ def finr1_pipeline(config: str = "configs/embedded.yaml", storage_root: str | No
             out.update(train(**run, stop_after="sft" if stop_after == "sft" else None))
         if stop_after in ("sft", "grpo"):
             return out
-        out["report"] = evaluate_models(**run, base_url=url, timings=t)["report"]
+        out["report"] = evaluate_models(**run, timings=t)["report"]
         return out
 
 

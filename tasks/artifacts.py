@@ -32,8 +32,10 @@ def publish_split_summary(c: PipelineConfig, out: dict) -> None:
 
 def publish_report(c: PipelineConfig, out: dict) -> None:
     create_markdown_artifact(key="finr1-report", markdown=out["markdown"], description=f"finr1 run {c.run_id}")
-    acc_rows = [{"model": m, **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}} for m, row in out["accuracy"].items()]
-    create_table_artifact(key="results", table=acc_rows, description="Accuracy per model and source")
+    from finr1_core.eval.table import table_rows
+
+    if out["table"]["models"]:
+        create_table_artifact(key="results", table=table_rows(out["table"]), description="Accuracy per model and benchmark, 95% Wilson intervals")
     create_link_artifact(key="report-link", link=out["report"], description="report.md")
     get_run_logger().info("report: %s", out["report"])
 

@@ -26,11 +26,11 @@ def config_from(cfg: dict) -> PipelineConfig:
 
 
 def resolve_secrets(c: PipelineConfig) -> PipelineConfig:
-    """Endpoints whose key lives in a Prefect Secret block: load it into this process's environment
-    (never into the config, a result, a log or a file) under the endpoint's ``api_key_env``.
-    A key already in the environment wins."""
-    for role in (c.teacher, c.judge):
-        for e in role.endpoints:
+    """Endpoints whose key lives in a Prefect Secret block (teacher, judge, the eval's extra models):
+    load it into this process's environment (never into the config, a result, a log or a file)
+    under the endpoint's ``api_key_env``. A key already in the environment wins."""
+    for endpoints in (c.teacher.endpoints, c.judge.endpoints, c.eval.models):
+        for e in endpoints:
             if not e.api_key_secret:
                 continue
             var = e.api_key_env or default_key_var(e.name)

@@ -91,15 +91,36 @@ def train_grpo(cfg: dict, sft: dict | None = None) -> dict:
     return out
 
 
+class _EvalProgress:
+    """Eval progress: a Prefect progress artifact and a log line every 10 s, with the ETA."""
+
+    def __init__(self):
+        self.id, self.t = None, 0.0
+
+    def __call__(self, p: dict) -> None:
+        pct = 100.0 * p["done"] / max(1, p["total"])
+        if self.id is None:
+            self.id = create_progress_artifact(progress=pct, key="eval", description="evaluation requests")
+        else:
+            update_progress_artifact(artifact_id=self.id, progress=pct)
+        if time.monotonic() - self.t > 10 or p["done"] == p["total"]:
+            eta = p.get("eta_s")
+            get_run_logger().info("eval: %d/%d requests (%d failed), ETA %s", p["done"], p["total"], p["failed"],
+                                  f"{eta:.0f}s" if eta is not None and math.isfinite(eta) else "?")
+            self.t = time.monotonic()
+
+
 @task(name="evaluate", tags=["judge"], **STAGE_OPTS)
-def evaluate(cfg: dict, model: str, base_url: str | None) -> dict:
-    out = stages.run_stage(config_from(cfg), "eval", model, base_url=base_url)
-    get_run_logger().info("eval %s: %s", model, out)
+def evaluate(cfg: dict, trained: dict | None = None) -> dict:
+    """Evaluate every checkpoint of the run (and the config's extra endpoints); ``trained`` only
+    orders this after training."""
+    out = stages.run_stage(config_from(cfg), "eval", on_progress=_EvalProgress())
+    get_run_logger().info("eval: %s", out)
     return out
 
 
 @task(name="report", persist_result=False)
-def report(cfg: dict, evaluated: list[dict] | None = None, timings: dict | None = None) -> dict:
+def report(cfg: dict, evaluated: dict | None = None, timings: dict | None = None) -> dict:
     c = config_from(cfg)
     out = stages.run_stage(c, "report", timings=timings or {})
     publish_report(c, out)

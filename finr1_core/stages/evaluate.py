@@ -1,58 +1,32 @@
-"""eval (one call per model: base, sft, grpo) and report."""
+"""eval (every model in one call, through finr1_core.eval) and report."""
 from __future__ import annotations
 
-from finr1_core.llm import ClientSpec
 from finr1_core.stages.base import Context, Stage
-from finr1_core.stages.data import prompt_dicts, prompt_row
 from finr1_core.stages.train import model_path
 
 MODELS = ("base", "sft", "grpo")
 
 
-def eval_sample(rows: list[dict], k: int) -> list[dict]:
-    """Up to ``k`` held-out rows, taken round-robin across sources so every source is scored."""
-    by: dict[str, list[dict]] = {}
-    for r in rows:
-        by.setdefault(r["repo_name"], []).append(r)
-    out: list[dict] = []
-    i = 0
-    while len(out) < k and any(i < len(v) for v in by.values()):
-        for name in sorted(by):
-            if i < len(by[name]) and len(out) < k:
-                out.append(by[name][i])
-        i += 1
-    return out
-
-
 def _eval(ctx: Context) -> dict:
-    from finr1_core.evaluate import evaluate_model
-    from finr1_core.judge import AnswerJudge
-    from finr1_core.llm import Sampling
-    from finr1_core.prompts import build_prompt
+    """Base, SFT and GRPO checkpoints (those that exist) plus ``eval.models`` endpoints, on the
+    held-out rows and ``eval.benchmarks``; finr1 serves each local checkpoint for the duration.
+    Per-row answers are cached under ``eval/table/``, so a re-run evaluates only what changed."""
+    from finr1_core.eval.from_config import eval_from_config
     from finr1_core.records import table_to_records
 
-    cfg, model = ctx.cfg, ctx.shard
-    path = model_path(cfg, model)
-    if path is None:
-        return {"model": model, "rows": 0, "reason": f"no {model} checkpoint (its stage trained nothing)"}
-    heldout = eval_sample(table_to_records(ctx.store.read_stage("heldout")), cfg.eval.max_rows)
-    rows = prompt_dicts([prompt_row(r, build_prompt(r, cfg.prompts)) for r in heldout])
-    role = cfg.teacher.model_copy(update={"model": path, "tokenizer": path, "endpoints": cfg.eval.endpoints})
-    judge = AnswerJudge(ClientSpec.from_role(cfg.judge, ctx.base_url).build()) if cfg.eval.use_judge else None
-    sampling = Sampling(temperature=cfg.eval.temperature, top_p=1.0, max_tokens=cfg.eval.max_tokens)
-    results = evaluate_model(ClientSpec.from_role(role, ctx.base_url).build(), rows, sampling, prefix=cfg.prompts.think_prefix, judge=judge, rel_tol=cfg.filter.rel_tol)
-    for r in results:
-        r["model"] = model
-    ctx.write("eval", model, results)
-    return {"model": model, "rows": len(results), "accuracy": sum(r["correct"] for r in results) / max(1, len(results))}
-
-
-def _evaluated(ctx: Context) -> dict | None:
-    if model_path(ctx.cfg, ctx.shard) is None:
-        return {"model": ctx.shard, "rows": 0, "reason": f"no {ctx.shard} checkpoint (its stage trained nothing)"}
-    if not ctx.store.shard_committed("eval", ctx.shard, ctx.hash):
-        return None
-    return {"model": ctx.shard, "rows": next(e["rows"] for e in ctx.store.shards("eval") if e["shard"] == ctx.shard)}
+    cfg = ctx.cfg
+    checkpoints = {m: model_path(cfg, m) for m in MODELS}
+    heldout = table_to_records(ctx.store.read_stage("heldout"))
+    res = eval_from_config(cfg, checkpoints, heldout, out=ctx.store.uri("eval", "table"), on_progress=ctx.options.get("on_progress"),
+                           api_keys=ctx.options.get("api_keys"))
+    by_model: dict[str, list[dict]] = {}
+    for r in res.rows:
+        by_model.setdefault(r["model"], []).append(r)
+    for model, rows in sorted(by_model.items()):
+        ctx.write("eval", model, rows)
+    skipped = {m: "its stage trained nothing" for m, p in checkpoints.items() if p is None}
+    return {"models": sorted(by_model), "rows": len(res.rows), "requests": res.evaluated, "not evaluated": skipped,
+            "table": res.uris.get("markdown"), "chart": res.uris.get("chart")}
 
 
 def _report(ctx: Context) -> dict:
@@ -65,11 +39,9 @@ EVAL = Stage(
     name="eval",
     inputs=("grpo",),
     outputs=("eval",),
-    depends=lambda c: (c.eval, c.train.base_model),
+    depends=lambda c: (c.eval, c.train.base_model, c.judge.model),
     body=_eval,
-    sharded=True,
-    done=_evaluated,
-    doc="held-out rows -> answers of one model (base, sft or grpo), scored by rules then the judge",
+    doc="held-out rows + named benchmarks -> answers of base, sft, grpo and extra endpoints; rules, then the judge; table with 95% CIs",
 )
 
 REPORT = Stage(

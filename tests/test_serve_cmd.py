@@ -1,0 +1,103 @@
+"""`finr1 serve`: the embedded model served for real (transformers serve), with and without an API
+key; a bad path is one line; SIGTERM stops the model server too. The vLLM command is checked as
+built (vLLM is not installable here), including its forced-think chat template."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from finr1_core.config import embedded_model_dir
+from finr1_core.serving import VLLMServer, forced_think_template, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = str(embedded_model_dir())
+
+
+def _start(*args: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    p = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", MODEL, "--port", str(port), *args], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert p.poll() is None, p.stdout.read()[-2000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return p, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGKILL)
+    raise AssertionError("finr1 serve not healthy")
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-g", str(os.getpgid(pid))], capture_output=True, text=True).stdout.split()
+    return [int(x) for x in out if int(x) != pid]
+
+
+def _stop(p: subprocess.Popen) -> None:
+    kids = _children(p.pid)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) is not None
+    time.sleep(0.5)
+    alive = [k for k in kids if Path(f"/proc/{k}").exists() and open(f"/proc/{k}/stat").read().split()[2] != "Z"]
+    assert not alive, f"left behind: {alive}"
+
+
+def _complete(port: int, key: str | None) -> httpx.Response:
+    h = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"model": MODEL, "prompt": "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n", "max_tokens": 8}
+    return httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, headers=h, timeout=120)
+
+
+def test_serve_with_api_key_refuses_requests_without_it():
+    p, port = _start("--api-key", "s3cret-key")
+    try:
+        r = _complete(port, None)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert _complete(port, "wrong").status_code == 401
+        r = _complete(port, "s3cret-key")
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"]
+    finally:
+        _stop(p)
+
+
+def test_serve_without_api_key_answers_and_stops_cleanly():
+    p, port = _start()
+    try:
+        r = _complete(port, None)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"]
+    finally:
+        _stop(p)
+
+
+def test_serve_bad_model_path_is_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "serve", str(tmp_path / "nope")], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: model: {tmp_path / 'nope'} is not a directory"
+
+
+def test_vllm_command_has_reasoning_parser_forced_think_and_no_key_in_argv():
+    srv = VLLMServer(MODEL, "0.0.0.0", 8000, api_key="k-123")
+    cmd = srv.command()
+    assert cmd[1:5] == ["serve", MODEL, "--host", "0.0.0.0"]
+    assert cmd[cmd.index("--reasoning-parser") + 1] == "deepseek_r1"
+    assert "k-123" not in " ".join(cmd) and srv.env()["VLLM_API_KEY"] == "k-123"
+    template = Path(cmd[cmd.index("--chat-template") + 1]).read_text()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(MODEL)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], chat_template=template, tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n<think>\n")
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], chat_template=template, tokenize=False, add_generation_prompt=False)
+    assert "<think>" not in text
+    assert forced_think_template(template) == template  # already forced: unchanged
