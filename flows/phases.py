@@ -16,7 +16,7 @@ from prefect.states import Failed
 
 from finr1_core import stages
 from finr1_core.config import PipelineConfig
-from flows.runs import model_server, open_run, require_run_id
+from flows.runs import model_server, open_run, require_run_id, start_ray
 from tasks.stages import (
     distill_shard,
     evaluate,
@@ -73,6 +73,7 @@ def distill_score(config: str = DEFAULT_CONFIG, run_id: str | None = None, stora
     with open_run(config, require_run_id(run_id, "distill-score"), storage_root, limit) as cfg:
         everything = _prompt_shards(cfg)
         todo = _select(everything, shards)
+        start_ray(cfg)
         with model_server(cfg, base_url) as url:
             distilled = distill_shard.map(unmapped(cfg), todo, unmapped(url))
             scored = score_shard.map(unmapped(cfg), distilled, unmapped(url)) if score else []

@@ -130,3 +130,16 @@ def model_server(cfg: dict | PipelineConfig, base_url: str | None = None) -> Ite
     finally:
         srv.stop()
         log.info("model server stopped")
+
+
+def start_ray(cfg: dict) -> None:
+    """Start (or join) Ray from the flow's own thread, before any task does.
+
+    A local Ray's GCS and raylet are started with ``PR_SET_PDEATHSIG``: they are killed when the
+    *thread* that started them exits. Started from a task (a worker thread of a subflow's task
+    runner), they died when that subflow finished, and the driver aborted 60 s later. The flow's
+    thread outlives every phase."""
+    from finr1_core.distill import ray_init
+
+    c = PipelineConfig.model_validate(cfg)
+    ray_init(c.distill.ray_address, c.distill.ray_num_cpus)
