@@ -25,6 +25,9 @@ from finr1_core.training.runner import RESULT_FILE
 _ERROR_LINE = re.compile(r"(^finr1-train error:|\b\w*(Error|Exception)\b:?|Traceback|Killed|CUDA out of memory)")
 
 
+_LAUNCHER_NOISE = re.compile(r"Traceback|CalledProcessError|returned non-zero exit status|ChildFailedError|^\s*raise |^\s*File ")
+
+
 class TrainingFailed(RuntimeError):
     """The training job failed; the message is the trainer's last error line."""
 
@@ -65,7 +68,7 @@ def _stream(cmd: list[str], env: dict, on_line: Callable[[str], None]) -> tuple[
             on_line(line)
             if line.strip():
                 last = line.strip()
-                if _ERROR_LINE.search(line) and "Traceback" not in line:
+                if _ERROR_LINE.search(line) and not _LAUNCHER_NOISE.search(line):
                     last_error = line.strip()
         rc = proc.wait()
     except BaseException:  # the caller was cancelled: stop the whole job, not just the launcher
