@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from finr1_core.training.data import DataError, grpo_examples
-from finr1_core.training.recipes import Recipe, load_recipe
+from finr1_core.training.recipes import Recipe, RecipeError, load_recipe
 from finr1_core.training.rewards import get_rewards
 from finr1_core.training.runner import TrainResult, train_and_save, with_row_log
 from finr1_core.training.sft import recipe_and_overrides
@@ -26,6 +26,11 @@ def build_grpo_trainer(recipe: Recipe, rows: Sequence[dict], reward_funcs: Seque
     if not examples:
         raise DataError("data error: messages: GRPO has no prompts")
     funcs = list(reward_funcs) if reward_funcs else get_rewards(recipe.script.reward_funcs)
+    weights = recipe.args.reward_weights
+    if reward_funcs and weights is not None and len(weights) != len(funcs):
+        recipe.args.reward_weights = None  # the caller replaced the recipe's rewards: equal weights
+    elif weights is not None and len(weights) != len(funcs):
+        raise RecipeError(f"recipe error: reward_weights: {len(weights)} weights for {len(funcs)} reward_funcs")
     cls = with_row_log(GRPOTrainer, tok) if recipe.script.log_rows else GRPOTrainer
     trainer = cls(
         model=recipe.model.model_name_or_path,
@@ -44,7 +49,10 @@ def train_grpo(recipe: Recipe, rows: Sequence[dict], remote_uri: str | None = No
 
 
 def run_grpo(model_path: str | None, rows: Sequence[dict], output_dir: str, recipe=None, overrides: dict | None = None,
-             seed: int | None = None, reward_funcs: Sequence[Callable] | None = None) -> TrainResult:
+             seed: int | None = None, reward_funcs: Sequence[Callable] | None = None,
+             think_prefix: str | None = None) -> TrainResult:
     """In-process GRPO (tests, notebooks); ``reward_funcs`` replaces the recipe's rewards."""
     path, ov = recipe_and_overrides("grpo", recipe, overrides, model_path, seed)
+    if think_prefix is not None:
+        ov.setdefault("think_prefix", think_prefix)
     return train_grpo(load_recipe("grpo", path, ov, output_dir=output_dir), rows, reward_funcs=reward_funcs)

@@ -64,7 +64,7 @@ def _stream(cmd: list[str], env: dict, on_line: Callable[[str], None]) -> tuple[
     last_error, last = None, None
     try:
         for line in proc.stdout:
-            line = line.rstrip("\n")
+            line = line.rstrip("\n").split("\r")[-1]  # progress-bar redraws: keep the last state
             on_line(line)
             if line.strip():
                 last = line.strip()

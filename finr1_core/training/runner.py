@@ -50,7 +50,8 @@ def make_callback(remote_uri: str | None):
 
         def on_log(self, args, state, control, logs=None, **kw):
             if state.is_world_process_zero and logs:
-                print(tracking.progress_line("log", step=state.global_step, max_steps=state.max_steps, **logs), flush=True)
+                # own line: a progress bar may have left the cursor mid-line
+                print("\n" + tracking.progress_line("log", step=state.global_step, max_steps=state.max_steps, **logs), flush=True)
 
         def on_save(self, args, state, control, **kw):
             if not state.is_world_process_zero:
