@@ -108,7 +108,10 @@ def test_shipped_recipes_parse_with_trl(method, model):
         assert r.model.model_name_or_path == "Qwen/Qwen2.5-7B-Instruct"
         assert "use_liger_kernel: True -> False (no GPU)" in " ".join(r.notes)
     if method == "grpo":
-        assert [f.__name__ for f in get_rewards(r.script.reward_funcs)] == ["format_reward", "accuracy_reward"]
+        names = [f.__name__ for f in get_rewards(r.script.reward_funcs)]
+        assert names[:2] == ["format_reward", "accuracy_reward"] and len(r.args.reward_weights) == len(names)
+        if model.startswith("smollm2"):  # graded so the 135M model's groups get a reward spread
+            assert names[2] == "reasoning_steps_reward"
         assert r.args.beta == 0.0
 
 
@@ -156,3 +159,10 @@ def test_bad_data_is_one_line_naming_the_field(tmp_path):
         sft_examples([{"text": "x"}])
     with pytest.raises(DataError, match=r"dataset: .* not found"):
         load_rows(str(tmp_path / "nope.parquet"), "sft")
+
+
+def test_reasoning_steps_reward_is_graded():
+    from finr1_core.training.rewards import REWARDS
+
+    f = REWARDS["reasoning_steps"]
+    assert f(["First, 0.12.\nThen, times 200.\nSo, 24", "Step 1: 0.12", "nothing"]) == [1.0, 1 / 3, 0.0]
