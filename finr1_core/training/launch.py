@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from typing import Callable
 
 from finr1_core.config import REPO_ROOT

@@ -11,7 +11,6 @@ Any problem is a :class:`RecipeError` rendered as one line naming the field.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
