@@ -202,31 +202,26 @@ class FilterConfig(_Strict):
     decontam_ngram: int = Field(13, ge=1)
 
 
-class SFTConfig(_Strict):
-    max_steps: int = Field(2, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
-    per_device_batch_size: int = Field(2, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
-    deepspeed: str | None = Field(None, description="Path to a DeepSpeed config (production: ZeRO-3)")
-    bf16: bool = False
+class TrainStageConfig(_Strict):
+    """One training stage: a TRL recipe file plus a few overrides, and how it is launched."""
+
+    recipe: str = Field(description="TRL-style recipe YAML (configs/recipes/<model>/<method>.yaml)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Recipe fields replaced for this run (like --set key=value)")
+    num_processes: int = Field(1, ge=1, description="Training processes (GPUs; CPU processes over gloo on a CPU host)")
+    launcher: Literal["accelerate", "ray"] = "accelerate"
+    accelerate_config: str | None = Field(None, description="Accelerate config (DeepSpeed ZeRO-3 in infra/accelerate/); null = plain DDP")
 
 
-class GRPOConfig(_Strict):
-    max_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(1e-5, gt=0)
-    num_generations: int = Field(4, ge=2)
-    per_device_batch_size: int = Field(4, ge=1)
-    max_completion_length: int = Field(48, ge=8)
-    beta: float = Field(0.0, ge=0, description="KL weight; Fin-R1 used no reference model (0)")
-    temperature: float = Field(0.7, gt=0)
-    max_prompts: int = Field(8, ge=1)
-    deepspeed: str | None = None
-    bf16: bool = False
+class SFTConfig(TrainStageConfig):
+    recipe: str = "${REPO}/configs/recipes/smollm2-135m/sft.yaml"
+
+
+class GRPOConfig(TrainStageConfig):
+    recipe: str = "${REPO}/configs/recipes/smollm2-135m/grpo.yaml"
 
 
 class TrainConfig(_Strict):
-    base_model: str = Field(description="Student model: a local directory or a hub id")
+    base_model: str = Field(description="Student model: a local directory or a hub id (replaces the recipe's model_name_or_path)")
     sft: SFTConfig = Field(default_factory=SFTConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     seed: int = 0
@@ -332,16 +327,17 @@ def check_sources(sources: list[SourceSpec]) -> None:
 _EMBEDDED_TOKENS = {"${EMBEDDED_MODEL}": lambda: str(embedded_model_dir()), "${REPO}": lambda: str(REPO_ROOT)}
 
 
-def _expand(obj: Any) -> Any:
+def expand_tokens(obj: Any) -> Any:
+    """Expand ``${EMBEDDED_MODEL}`` and ``${REPO}`` in every string of a parsed YAML tree."""
     if isinstance(obj, str):
         for tok, fn in _EMBEDDED_TOKENS.items():
             if tok in obj:
                 obj = obj.replace(tok, fn())
         return obj
     if isinstance(obj, list):
-        return [_expand(x) for x in obj]
+        return [expand_tokens(x) for x in obj]
     if isinstance(obj, dict):
-        return {k: _expand(v) for k, v in obj.items()}
+        return {k: expand_tokens(v) for k, v in obj.items()}
     return obj
 
 
@@ -378,7 +374,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError(f"config error: {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config error: {path}: top level must be a mapping")
-    raw = _expand(raw)
+    raw = expand_tokens(raw)
     for k, v in (overrides or {}).items():
         if v is None:
             continue

@@ -364,6 +364,51 @@ def serve_cmd(
     except ServerError as e:
         fail(str(e))
 # ---------------------------------------------------------------- end eval and serve
+train_app = typer.Typer(help="Train SFT or GRPO from a TRL recipe as its own job (accelerate launch); a re-run with the same --output resumes.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _train_cmd(method: str, recipe: str, data: str | None, output: str, num_processes: int, launcher: str, set_: list[str] | None) -> None:
+    import json
+
+    from finr1_core.training.data import DataError
+    from finr1_core.training.launch import TrainingFailed, train_cli
+    from finr1_core.training.recipes import RecipeError
+
+    try:
+        res = train_cli(method, recipe, data, output, num_processes, launcher, set_ or [],
+                        on_line=lambda m: console.print(m, highlight=False, markup=False))
+    except (RecipeError, DataError, TrainingFailed) as e:
+        fail(str(e))
+    keep = ("method", "steps", "train_loss", "resumed_from_step", "steps_this_attempt", "reward", "checkpoint", "plot", "tensorboard", "output_uri")
+    console.print(json.dumps({k: res.get(k) for k in keep}, indent=2, default=str), highlight=False, markup=False)
+
+
+_TRAIN_OPTS = dict(
+    recipe=typer.Option(..., "--recipe", help="TRL recipe YAML (configs/recipes/<model>/<method>.yaml)"),
+    data=typer.Option(None, "--data", help="Released dataset folder, Parquet path or hub id (default: the recipe's dataset)"),
+    output=typer.Option(..., "--output", help="Local folder or s3:// URI; re-running with the same one resumes"),
+    num_processes=typer.Option(1, "--num-processes", min=1, help="Training processes (GPUs, or CPU processes over gloo)"),
+    launcher=typer.Option("accelerate", "--launcher", help="accelerate (ray: not available yet)"),
+    set_=typer.Option(None, "--set", help="Recipe field override, key=value (repeatable)"),
+)
+
+
+@train_app.command("sft")
+def train_sft_cmd(recipe: str = _TRAIN_OPTS["recipe"], data: str = _TRAIN_OPTS["data"], output: str = _TRAIN_OPTS["output"],
+                  num_processes: int = _TRAIN_OPTS["num_processes"], launcher: str = _TRAIN_OPTS["launcher"],
+                  set_: list[str] = _TRAIN_OPTS["set_"]) -> None:
+    """Supervised fine-tuning from a recipe."""
+    _train_cmd("sft", recipe, data, output, num_processes, launcher, set_)
+
+
+@train_app.command("grpo")
+def train_grpo_cmd(recipe: str = _TRAIN_OPTS["recipe"], data: str = _TRAIN_OPTS["data"], output: str = _TRAIN_OPTS["output"],
+                   num_processes: int = _TRAIN_OPTS["num_processes"], launcher: str = _TRAIN_OPTS["launcher"],
+                   set_: list[str] = _TRAIN_OPTS["set_"]) -> None:
+    """GRPO from a recipe (rewards named in the recipe)."""
+    _train_cmd("grpo", recipe, data, output, num_processes, launcher, set_)
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

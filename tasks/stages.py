@@ -78,15 +78,16 @@ def split_release(cfg: dict) -> dict:
 
 @task(name="train-sft", **STAGE_OPTS)
 def train_sft(cfg: dict) -> dict:
-    out = stages.run_stage(config_from(cfg), "sft")
+    """SFT as its own job; its log lines stream into this task run's log."""
+    out = stages.run_stage(config_from(cfg), "sft", on_line=get_run_logger().info)
     get_run_logger().info("sft: %s", out)
     return out
 
 
 @task(name="train-grpo", **STAGE_OPTS)
 def train_grpo(cfg: dict, sft: dict | None = None) -> dict:
-    """GRPO from the SFT checkpoint (``sft``, the SFT task's result, orders this after it)."""
-    out = stages.run_stage(config_from(cfg), "grpo")
+    """GRPO from the SFT checkpoint as its own job (``sft``, the SFT task's result, orders this after it)."""
+    out = stages.run_stage(config_from(cfg), "grpo", on_line=get_run_logger().info)
     get_run_logger().info("grpo: %s", out)
     return out
 

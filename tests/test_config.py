@@ -28,7 +28,8 @@ def test_shipped_configs_validate():
     assert prod.teacher.model == "deepseek-ai/DeepSeek-R1" and prod.teacher.mode == "chat-prefill"
     assert prod.judge.model == "Qwen/Qwen2.5-72B-Instruct"
     assert prod.train.base_model == "Qwen/Qwen2.5-7B-Instruct"
-    assert prod.train.sft.deepspeed == "infra/deepspeed/zero3.json"
+    assert prod.train.sft.accelerate_config.endswith("infra/accelerate/zero3-single-node.yaml")
+    assert prod.train.sft.recipe.endswith("configs/recipes/qwen2.5-7b-instruct/sft.yaml")
     assert prod.storage_root.startswith("s3://")
 
 

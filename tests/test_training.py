@@ -1,7 +1,7 @@
 """TRL training on the real embedded model: rewards, SFT and GRPO learning.
 
-GRPO's gradient is zero when every completion of a prompt gets the same reward (DESIGN.md
-section 4), so the learning test uses a reward that varies with the completion.
+GRPO's gradient is zero when every completion of a prompt gets the same reward, so the learning
+test uses a reward that varies with the completion.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from finr1_core.config import GRPOConfig, SFTConfig, embedded_model_dir
+from finr1_core.config import embedded_model_dir
 from finr1_core.training import (
     accuracy_reward,
     format_reward,
@@ -64,7 +64,7 @@ def test_sft_then_grpo_learn(tmp_path):
     base = str(embedded_model_dir())
     conv = [{"role": "user", "content": "What is 12% of 200?"},
             {"role": "assistant", "content": "<think>\n0.12 × 200 = 24.\n</think>\n\n\\boxed{24}"}]
-    sft = run_sft(base, [{"conversation": conv}] * 4, str(tmp_path / "sft"), SFTConfig(max_steps=2, per_device_batch_size=2))
+    sft = run_sft(base, [{"conversation": conv}] * 4, str(tmp_path / "sft"), overrides={"max_steps": 2, "per_device_train_batch_size": 2})
     assert sft.steps == 2 and sft.train_loss > 0
     assert _max_diff(sft.output_dir, base) > 0
 
@@ -79,8 +79,90 @@ def test_sft_then_grpo_learn(tmp_path):
     def shorter_is_better(completions, **kw):  # varies across the group, so the gradient is not zero
         return [-len(c) / 100.0 for c in completions]
 
-    cfg = GRPOConfig(max_steps=1, num_generations=4, per_device_batch_size=4, max_completion_length=24, temperature=1.0)
-    grpo = run_grpo(sft.output_dir, rows, str(tmp_path / "grpo"), cfg, reward_funcs=[shorter_is_better])
+    ov = {"max_steps": 1, "num_generations": 4, "per_device_train_batch_size": 4, "max_completion_length": 24, "temperature": 1.0}
+    grpo = run_grpo(sft.output_dir, rows, str(tmp_path / "grpo"), overrides=ov, reward_funcs=[shorter_is_better])
     logs = [e for e in grpo.log_history if "reward_std" in e]
     assert logs and float(logs[0]["reward_std"]) > 0
     assert _max_diff(grpo.output_dir, sft.output_dir) > 0  # GRPO moved the weights
+    assert grpo.reward["reward_steps"] == 1 and grpo.reward["zero_reward_std_steps"] == 0
+    assert Path(grpo.plot).stat().st_size > 1000 and (Path(grpo.output_dir) / "train_result.json").exists()
+    assert list((Path(sft.output_dir) / "runs").rglob("events.out.tfevents.*"))  # TensorBoard by default
+
+
+# ----------------------------------------------------------------------------- recipes
+from finr1_core.config import REPO_ROOT  # noqa: E402
+from finr1_core.training import RecipeError, load_recipe  # noqa: E402
+from finr1_core.training.rewards import get_rewards  # noqa: E402
+
+RECIPES = REPO_ROOT / "configs" / "recipes"
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo"])
+@pytest.mark.parametrize("model", ["smollm2-135m", "qwen2.5-7b-instruct"])
+def test_shipped_recipes_parse_with_trl(method, model):
+    r = load_recipe(method, RECIPES / model / f"{method}.yaml", {"max_steps": 7}, output_dir="/tmp/x", cuda=False)
+    assert r.args.max_steps == 7 and r.args.output_dir == "/tmp/x"
+    assert r.args.bf16 is False and r.args.model_init_kwargs["dtype"] == "float32"  # CPU: fp32, same code
+    assert r.args.save_strategy == "steps" and "tensorboard" in r.args.report_to
+    if model.startswith("qwen"):
+        assert r.model.model_name_or_path == "Qwen/Qwen2.5-7B-Instruct"
+        assert "use_liger_kernel: True -> False (no GPU)" in " ".join(r.notes)
+    if method == "grpo":
+        names = [f.__name__ for f in get_rewards(r.script.reward_funcs)]
+        assert names[:2] == ["format_reward", "accuracy_reward"] and len(r.args.reward_weights) == len(names)
+        if model.startswith("smollm2"):  # graded so the 135M model's groups get a reward spread
+            assert names[2] == "reasoning_steps_reward"
+        assert r.args.beta == 0.0
+
+
+def test_production_recipe_on_gpu_keeps_fast_settings(monkeypatch):
+    from finr1_core.training.device import adapt_to_device
+    from finr1_core.training.recipes import read_yaml
+
+    raw = read_yaml(RECIPES / "qwen2.5-7b-instruct" / "sft.yaml")
+    adapt_to_device(raw, "sft", cuda=True)
+    assert raw["model_init_kwargs"]["dtype"] == "bfloat16" and raw["bf16"] and raw["optim"] == "adamw_torch_fused"
+    assert raw["attn_implementation"] in ("flash_attention_3", "flash_attention_2", "flex_attention")  # packed rows
+    assert raw["packing_strategy"] == "bfd" and raw["gradient_checkpointing"]
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"learning_rate": "fast"}, "recipe error: argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
+        ({"lerning_rate": 1}, "recipe error: --set lerning_rate: unknown key for sft"),
+    ],
+)
+def test_bad_recipe_is_one_line_naming_the_field(overrides, expected):
+    with pytest.raises(RecipeError) as e:
+        load_recipe("sft", RECIPES / "smollm2-135m" / "sft.yaml", overrides)
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value)
+
+
+def test_unknown_recipe_key_and_reward(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("model_name_or_path: x\nmax_step: 3\n")
+    with pytest.raises(RecipeError, match=r"max_step: unknown key for sft"):
+        load_recipe("sft", bad)
+    with pytest.raises(RecipeError, match=r"reward_funcs: unknown reward 'length'"):
+        get_rewards(["format", "length"])
+
+
+def test_bad_data_is_one_line_naming_the_field(tmp_path):
+    from finr1_core.training.data import DataError, load_rows, write_rows
+
+    uri = write_rows([{"messages": [{"role": "user", "content": "q"}], "answer": None}], str(tmp_path / "p.parquet"))
+    rows = load_rows(uri, "grpo")
+    with pytest.raises(DataError, match=r"^data error: row 0: answer: missing"):
+        grpo_examples(rows, None)
+    with pytest.raises(DataError, match=r"^data error: row 0: conversation: missing"):
+        sft_examples([{"text": "x"}])
+    with pytest.raises(DataError, match=r"dataset: .* not found"):
+        load_rows(str(tmp_path / "nope.parquet"), "sft")
+
+
+def test_reasoning_steps_reward_is_graded():
+    from finr1_core.training.rewards import REWARDS
+
+    f = REWARDS["reasoning_steps"]
+    assert f(["First, 0.12.\nThen, times 200.\nSo, 24", "Step 1: 0.12", "nothing"]) == [1.0, 1 / 3, 0.0]

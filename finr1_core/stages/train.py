@@ -4,10 +4,9 @@ inputs made it), so a finished checkpoint is never trained twice."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from finr1_core.config import PipelineConfig, finr1_home
+from finr1_core.config import PipelineConfig
 from finr1_core.stages.base import Context, Stage
 from finr1_core.stages.runs import store_for
 
@@ -15,12 +14,13 @@ MARKER = ".finr1-done.json"
 
 
 def model_dirs(cfg: PipelineConfig, name: str) -> tuple[Path, str]:
-    """(local working folder, storage URI) of checkpoint ``name``."""
-    store = store_for(cfg)
-    uri = store.uri("models", name)
-    if store.is_local:
-        return Path(store.fs_path(uri)), uri
-    return finr1_home() / "work" / cfg.run_id / "models" / name, uri
+    """(local working folder, storage URI) of checkpoint ``name``: the trainer writes into the local
+    folder, which is the storage folder itself for a local root and a staging folder synced to
+    ``s3://`` (every checkpoint as it is saved) otherwise."""
+    from finr1_core.training.checkpoints import local_dir
+
+    uri = store_for(cfg).uri("models", name)
+    return local_dir(uri), uri
 
 
 def _marker(local: Path) -> dict | None:
@@ -29,11 +29,12 @@ def _marker(local: Path) -> dict | None:
 
 
 def _finish(cfg: PipelineConfig, local: Path, uri: str, info: dict) -> dict:
-    """Write the marker last, then publish the folder to remote storage."""
+    """Write the marker last (also to remote storage): the checkpoint is then complete."""
+    local.mkdir(parents=True, exist_ok=True)
     (local / MARKER).write_text(json.dumps(info, indent=2, default=str))
     store = store_for(cfg)
     if not store.is_local:
-        store.fs.put(str(local), store.fs_path(uri), recursive=True)
+        store.fs.put(str(local / MARKER), store.fs_path(uri + "/" + MARKER))
     return info
 
 
@@ -60,24 +61,35 @@ def _trained(name: str):
     return done
 
 
-def _sft(ctx: Context) -> dict:
-    from finr1_core.training import run_sft
+def _launch(ctx: Context, method: str, rows: list[dict], init: str, **overrides) -> dict:
+    """Train ``method`` as its own job (``accelerate launch``, the recipe's processes) on ``rows``
+    from ``init``; a retry resumes from the last complete checkpoint in the output folder."""
+    from finr1_core.training.data import write_rows
+    from finr1_core.training.launch import train
 
     cfg = ctx.cfg
-    local, uri = model_dirs(cfg, "sft")
+    st = getattr(cfg.train, method)
+    local, uri = model_dirs(cfg, method)
+    data = write_rows(rows, ctx.store.uri("models", f"{method}-data.parquet"))
+    res = train(method, st.recipe, data, uri, num_processes=st.num_processes, launcher=st.launcher,
+                overrides={"model_name_or_path": init, "seed": cfg.train.seed, **overrides, **st.overrides},
+                on_line=ctx.options.get("on_line") or print, accelerate_config=st.accelerate_config)
+    keep = ("steps", "train_loss", "resumed_from_step", "steps_this_attempt", "reward", "plot", "tensorboard", "checkpoint")
+    info = {"hash": ctx.hash, "model": method, "path": str(local), "uri": uri, "init": init, "rows": len(rows),
+            **{k: res.get(k) for k in keep}}
+    return _finish(cfg, local, uri, info)
+
+
+def _sft(ctx: Context) -> dict:
     rows = ctx.store.read_rows("sft")
-    shutil.rmtree(local, ignore_errors=True)
-    local.mkdir(parents=True, exist_ok=True)
     if not rows:
         # Nothing passed both filter rounds (the embedded 135M teacher rarely closes its think
         # block). Skipping is reported, never hidden: GRPO then starts from the base model.
+        local, uri = model_dirs(ctx.cfg, "sft")
         info = {"hash": ctx.hash, "model": "sft", "path": None, "uri": None, "steps": 0, "rows": 0, "empty": True,
                 "reason": "the SFT route is empty: no trace passed both filter rounds"}
-        return _finish(cfg, local, uri, info)
-    res = run_sft(cfg.train.base_model, rows, str(local), cfg.train.sft, seed=cfg.train.seed)
-    info = {"hash": ctx.hash, "model": "sft", "path": str(local), "uri": uri, "steps": res.steps, "train_loss": res.train_loss,
-            "rows": res.rows, "seconds": round(res.seconds, 1)}
-    return _finish(cfg, local, uri, info)
+        return _finish(ctx.cfg, local, uri, info)
+    return _launch(ctx, "sft", rows, ctx.cfg.train.base_model)
 
 
 def grpo_prompts(store) -> list[dict]:
@@ -94,25 +106,24 @@ def grpo_prompts(store) -> list[dict]:
 
 
 def _grpo(ctx: Context) -> dict:
-    from finr1_core.training import run_grpo
-
     cfg = ctx.cfg
-    local, uri = model_dirs(cfg, "grpo")
-    rows = grpo_prompts(ctx.store)
-    start = model_path(cfg, "sft") or cfg.train.base_model
-    shutil.rmtree(local, ignore_errors=True)
-    res = run_grpo(start, rows, str(local), cfg.train.grpo, seed=cfg.train.seed, think_prefix=cfg.prompts.think_prefix)
-    rewards = [{k: v for k, v in e.items() if k.startswith("reward") or k in ("loss", "grad_norm")} for e in res.log_history if "reward" in e]
-    info = {"hash": ctx.hash, "model": "grpo", "path": str(local), "uri": uri, "init": start, "steps": res.steps, "train_loss": res.train_loss,
-            "prompts": res.rows, "seconds": round(res.seconds, 1), "rewards": rewards}
-    return _finish(cfg, local, uri, info)
+    init = model_path(cfg, "sft") or cfg.train.base_model
+    return _launch(ctx, "grpo", grpo_prompts(ctx.store), init, think_prefix=cfg.prompts.think_prefix)
+
+
+def recipe_text(path: str) -> str:
+    """The recipe's contents (its hash input: an edited recipe retrains), or the path if unreadable."""
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return path
 
 
 SFT = Stage(
     name="sft",
     inputs=("split",),
     outputs=(),
-    depends=lambda c: (c.train.base_model, c.train.sft, c.train.seed),
+    depends=lambda c: (c.train.base_model, c.train.sft, c.train.seed, recipe_text(c.train.sft.recipe)),
     body=_sft,
     done=_trained("sft"),
     doc="released sft split -> SFT checkpoint (TRL)",
@@ -122,7 +133,7 @@ GRPO = Stage(
     name="grpo",
     inputs=("sft",),
     outputs=(),
-    depends=lambda c: (c.train.grpo, c.train.seed, c.prompts.think_prefix),
+    depends=lambda c: (c.train.grpo, c.train.seed, c.prompts.think_prefix, recipe_text(c.train.grpo.recipe)),
     body=_grpo,
     done=_trained("grpo"),
     doc="rl + sft prompts -> GRPO checkpoint (TRL; format and accuracy rewards), from the SFT checkpoint",

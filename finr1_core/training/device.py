@@ -1,0 +1,69 @@
+"""One recipe, any device: GPU-fast settings on CUDA, the same code in fp32 on a CPU.
+
+Applied to the recipe mapping before TRL parses it, so an explicit ``--set`` still wins.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def pick_attention(cuda: bool, packed: bool) -> str:
+    """Fastest installed attention backend that keeps packed sequences apart.
+
+    flash-attn (varlen kernels) first; else flex attention for packed / padding-free rows (the
+    SDPA fast kernel does not take the block-diagonal mask); else SDPA.
+    """
+    if not cuda:
+        return "sdpa"
+    if has("flash_attn_interface"):
+        return "flash_attention_3"
+    if has("flash_attn"):
+        return "flash_attention_2"
+    return "flex_attention" if packed else "sdpa"
+
+
+def adapt_to_device(raw: dict, method: str, cuda: bool | None = None) -> list[str]:
+    """Mutate a recipe mapping for this machine; returns one note per change (for the log)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    notes: list[str] = []
+
+    def setv(k, v, why):
+        if raw.get(k) != v:
+            notes.append(f"{k}: {raw.get(k)!r} -> {v!r} ({why})")
+            raw[k] = v
+
+    packed = bool(raw.get("padding_free") or (raw.get("packing") and raw.get("packing_strategy", "bfd") != "wrapped"))
+    if raw.get("attn_implementation") in (None, "auto"):
+        setv("attn_implementation", pick_attention(cuda, packed), "fastest installed backend")
+    if not cuda:
+        setv("dtype", "float32", "CPU runs fp32")
+        for k in ("bf16", "fp16"):  # TRL turns bf16 on by default: CPU autocast is not fp32
+            setv(k, False, "no GPU")
+        for k in ("use_liger_kernel", "use_vllm", "gradient_checkpointing"):
+            if raw.get(k):
+                setv(k, False, "no GPU")
+        if "fused" in str(raw.get("optim", "")):
+            setv("optim", "adamw_torch", "no GPU")
+        setv("use_cpu", True, "no GPU")
+    else:
+        raw.setdefault("dtype", "bfloat16")
+        if raw.get("use_liger_kernel") and not has("liger_kernel"):
+            setv("use_liger_kernel", False, "liger-kernel not installed")
+        if method == "grpo" and raw.get("use_vllm") and not has("vllm"):
+            setv("use_vllm", False, "vLLM not installed")
+            if raw.get("generation_fallback") == "paged":
+                setv("use_transformers_paged", True, "generation_fallback: paged")
+    mik = dict(raw.get("model_init_kwargs") or {})
+    mik.setdefault("dtype", raw.get("dtype") or "auto")
+    mik.setdefault("attn_implementation", raw["attn_implementation"])
+    if raw.get("trust_remote_code"):
+        mik.setdefault("trust_remote_code", True)
+    raw["model_init_kwargs"] = mik
+    return notes

@@ -1,0 +1,58 @@
+"""GRPO with TRL's ``GRPOTrainer`` from a recipe: rewards named in the recipe, no reference model.
+
+Prompts are rendered with the chat template and end with the forced ``<think>\\n``, so completions
+continue the reasoning. Generation uses TRL's vLLM integration when the recipe says ``use_vllm``
+(server mode: the launcher starts ``trl vllm-serve``), else the trainer's own generation.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from finr1_core.training.data import DataError, grpo_examples
+from finr1_core.training.recipes import Recipe, RecipeError, load_recipe
+from finr1_core.training.rewards import get_rewards
+from finr1_core.training.runner import TrainResult, train_and_save, with_row_log
+from finr1_core.training.sft import recipe_and_overrides
+
+
+def build_grpo_trainer(recipe: Recipe, rows: Sequence[dict], reward_funcs: Sequence[Callable] | None = None):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import GRPOTrainer, get_peft_config
+
+    tok = AutoTokenizer.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision)
+    rows = list(rows)[: recipe.script.max_rows] if recipe.script.max_rows else list(rows)
+    examples = grpo_examples(rows, tok, recipe.script.think_prefix)
+    if not examples:
+        raise DataError("data error: messages: GRPO has no prompts")
+    funcs = list(reward_funcs) if reward_funcs else get_rewards(recipe.script.reward_funcs)
+    weights = recipe.args.reward_weights
+    if reward_funcs and weights is not None and len(weights) != len(funcs):
+        recipe.args.reward_weights = None  # the caller replaced the recipe's rewards: equal weights
+    elif weights is not None and len(weights) != len(funcs):
+        raise RecipeError(f"recipe error: reward_weights: {len(weights)} weights for {len(funcs)} reward_funcs")
+    cls = with_row_log(GRPOTrainer, tok) if recipe.script.log_rows else GRPOTrainer
+    trainer = cls(
+        model=recipe.model.model_name_or_path,
+        reward_funcs=funcs,
+        args=recipe.args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tok,
+        peft_config=get_peft_config(recipe.model),
+    )
+    return trainer, tok, len(examples)
+
+
+def train_grpo(recipe: Recipe, rows: Sequence[dict], remote_uri: str | None = None, reward_funcs=None) -> TrainResult:
+    trainer, tok, n = build_grpo_trainer(recipe, rows, reward_funcs)
+    return train_and_save("grpo", trainer, tok, n, remote_uri, recipe.notes)
+
+
+def run_grpo(model_path: str | None, rows: Sequence[dict], output_dir: str, recipe=None, overrides: dict | None = None,
+             seed: int | None = None, reward_funcs: Sequence[Callable] | None = None,
+             think_prefix: str | None = None) -> TrainResult:
+    """In-process GRPO (tests, notebooks); ``reward_funcs`` replaces the recipe's rewards."""
+    path, ov = recipe_and_overrides("grpo", recipe, overrides, model_path, seed)
+    if think_prefix is not None:
+        ov.setdefault("think_prefix", think_prefix)
+    return train_grpo(load_recipe("grpo", path, ov, output_dir=output_dir), rows, reward_funcs=reward_funcs)

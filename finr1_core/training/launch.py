@@ -1,0 +1,148 @@
+"""Training as its own job: ``accelerate launch`` (or Ray Train) in a subprocess, streamed line by line.
+
+:func:`train` is what the pipeline's training stage and ``finr1 train`` call. Every output line of
+every rank goes to ``on_line`` (the Prefect task passes its logger); a failure raises
+:class:`TrainingFailed` carrying the trainer's last error line. A re-run with the same output
+resumes from the last complete checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from typing import Callable
+
+from finr1_core.config import REPO_ROOT
+from finr1_core.training import checkpoints
+from finr1_core.training.recipes import RecipeError, load_recipe, parse_set, read_yaml
+from finr1_core.training.runner import RESULT_FILE
+
+_ERROR_LINE = re.compile(r"(^finr1-train error:|\b\w*(Error|Exception)\b:?|Traceback|Killed|CUDA out of memory)")
+
+
+_LAUNCHER_NOISE = re.compile(r"Traceback|CalledProcessError|returned non-zero exit status|ChildFailedError|^\s*raise |^\s*File ")
+
+
+class TrainingFailed(RuntimeError):
+    """The training job failed; the message is the trainer's last error line."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def accelerate_command(method: str, args: list[str], num_processes: int, accelerate_config: str | None) -> list[str]:
+    """``accelerate launch`` for ``python -m finr1_core.training``: DeepSpeed from a config file, DDP on
+    GPUs, or N CPU processes over gloo on a CPU host."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--main_process_port", str(free_port())]
+    if accelerate_config:
+        cmd += ["--config_file", accelerate_config]
+    else:
+        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        if num_processes > 1:
+            cmd += ["--multi_gpu"]  # torchrun-style launch; on a CPU host the ranks join over gloo
+    return cmd + ["-m", "finr1_core.training", method, *args]
+
+
+def _stream(cmd: list[str], env: dict, on_line: Callable[[str], None]) -> tuple[int, str | None]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
+                            start_new_session=True, cwd=str(REPO_ROOT))
+    last_error, last = None, None
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n").split("\r")[-1]  # progress-bar redraws: keep the last state
+            on_line(line)
+            if line.strip():
+                last = line.strip()
+                if _ERROR_LINE.search(line) and not _LAUNCHER_NOISE.search(line):
+                    last_error = line.strip()
+        rc = proc.wait()
+    except BaseException:  # the caller was cancelled: stop the whole job, not just the launcher
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        raise
+    return rc, last_error or last
+
+
+def job_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_vllm_server(model: str, port: int, on_line: Callable[[str], None], gpu: str | None) -> subprocess.Popen:
+    """``trl vllm-serve`` for GRPO's server mode, on its own GPU; the caller stops it."""
+    env = job_env()
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    cmd = [sys.executable, "-m", "trl.cli", "vllm-serve", "--model", model, "--port", str(port)]
+    on_line("finr1-train starting " + " ".join(cmd))
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wants_vllm_server(method: str, raw: dict, overrides: dict) -> bool:
+    merged = {**raw, **overrides}
+    use = str(merged.get("use_vllm", False)).lower() in ("true", "1")
+    return method == "grpo" and use and merged.get("vllm_mode", "colocate") == "server" and _cuda()
+
+
+def train(method: str, recipe: str, data_uri: str | None, output_uri: str, num_processes: int = 1,
+          launcher: str = "accelerate", overrides: dict | None = None, on_line: Callable[[str], None] = print,
+          accelerate_config: str | None = None) -> dict:
+    """Run one training job to the end; returns its result (steps, final loss, reward-variance
+    stats, checkpoint and plot paths). Raises TrainingFailed with the trainer's last error line."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    load_recipe(method, recipe, overrides, output_dir=str(checkpoints.local_dir(output_uri)))  # fail fast, one line
+    if launcher != "accelerate":
+        raise RecipeError(f"recipe error: launcher: {launcher!r} is not available (use accelerate)")
+    args = ["--recipe", str(recipe), "--output", output_uri]
+    if data_uri:
+        args += ["--data", data_uri]
+    for k, v in overrides.items():
+        args += ["--set", f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"]
+    server = None
+    if _wants_vllm_server(method, read_yaml(recipe), overrides):
+        import torch
+
+        n = torch.cuda.device_count()
+        port = int(overrides.get("vllm_server_port", read_yaml(recipe).get("vllm_server_port", 8000)))
+        model = overrides.get("model_name_or_path") or read_yaml(recipe)["model_name_or_path"]
+        server = start_vllm_server(model, port, on_line, gpu=str(n - 1) if n > 1 else None)
+    try:
+        rc, last = _stream(accelerate_command(method, args, num_processes, accelerate_config), job_env(), on_line)
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+    if rc != 0:
+        raise TrainingFailed(f"{method} training failed (exit {rc}): {last}")
+    return read_result(output_uri)
+
+
+def read_result(output_uri: str) -> dict:
+    local = checkpoints.local_dir(output_uri)
+    res = json.loads((local / RESULT_FILE).read_text())
+    last = checkpoints.last_checkpoint(local)
+    res.update(output_uri=output_uri, checkpoint=str(last) if last else None,
+               tensorboard=str(local / "runs") if (local / "runs").exists() else None)
+    return res
+
+
+def train_cli(method: str, recipe: str, data_uri: str | None, output_uri: str, num_processes: int, launcher: str,
+              set_items: list[str], on_line: Callable[[str], None] = print) -> dict:
+    """``finr1 train``: the same :func:`train` with ``--set key=value`` items."""
+    return train(method, recipe, data_uri, output_uri, num_processes, launcher, parse_set(set_items), on_line)
