@@ -44,7 +44,7 @@ test: setup
 	$(BIN)/finr1 prepare-model
 	$(BIN)/python -m pytest -m "not heavy" $(PYTEST_ARGS)
 
-# ops (issue 6): a local Prefect server (127.0.0.1:4200, SQLite in $(FINR1_HOME)/prefect; Postgres when
+# ops: a local Prefect server (127.0.0.1:4200, SQLite in $(FINR1_HOME)/prefect; Postgres when
 # PREFECT_API_DATABASE_CONNECTION_URL is set), the finr1-process pool and worker, the deployments.
 # `prefect server start --background` / `prefect server stop`; the worker's PID in $(FINR1_HOME)/prefect/worker.json.
 server: model

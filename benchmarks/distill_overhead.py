@@ -1,4 +1,4 @@
-"""Pipeline efficiency of the distill stage (issue 4, not a timed test).
+"""Pipeline efficiency of the distill stage (not a timed test).
 
 efficiency = requests/s through ``distill_shard`` (keys, cache look-ups, Ray actors, retries
 machinery, one JSON cache write per response, Parquet commit) / requests/s of a bare async
@@ -100,7 +100,7 @@ def measure(name: str, url: str, role: LLMRole, prompts: list[dict], workers: in
         # fresh prompts per repeat for the pipeline so the response cache never short-cuts it
         ps = [dict(p, record_id=f"{p['record_id']}-r{i}") for p in prompts]
         run_bare = lambda: bare.append(asyncio.run(bare_client(url, role.model, role.mode, payloads, role.max_concurrency, role.max_tokens)))  # noqa: E731
-        run_pipe = lambda: pipe.append(pipeline(url, role, ps, workers, tok)[0])  # noqa: E731
+        run_pipe = lambda ps=ps: pipe.append(pipeline(url, role, ps, workers, tok)[0])  # noqa: E731
         for f in ((run_bare, run_pipe) if i % 2 == 0 else (run_pipe, run_bare)):  # alternate the order
             f()
         print(f"  [{name}] repeat {i + 1}: bare {bare[-1]:.1f} req/s, distill_shard {pipe[-1]:.1f} req/s", flush=True)

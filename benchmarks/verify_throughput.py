@@ -23,7 +23,7 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     letters = "ABCD"
-    for i in range(n):
+    for _ in range(n):
         u = rng.random()
         right = rng.random() < 0.7
         think = (FILL_ZH if rng.random() < 0.6 else FILL_EN) * rng.randint(12, 90)
@@ -77,7 +77,8 @@ def main() -> None:
     cpu = a.cpu if a.cpu is not None else cpus[0]
     os.sched_setaffinity(0, {cpu})
 
-    from math_verify import parse, verify as mv_verify
+    from math_verify import parse
+    from math_verify import verify as mv_verify
 
     from finr1_core.verify import verify
 

@@ -95,7 +95,7 @@ def exact_dedup(rows: Sequence[dict], *, text_fn: Callable[[dict], str] = defaul
     first, members = _groups(rows, text_fn, group_key, id_key)
     seen: dict[str, str] = {}
     drop: dict[int, dict] = {}
-    for g, (i, norm) in first.items():
+    for g, (_i, norm) in first.items():
         h = hashlib.blake2b(norm.encode(), digest_size=16).hexdigest()
         if not norm:
             continue  # empty text: nothing to compare; kept

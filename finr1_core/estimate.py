@@ -42,7 +42,7 @@ def token_counter(role: LLMRole) -> tuple[Callable[[str], int], str]:
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(cand)
-            return (lambda t: len(tok.encode(t, add_special_tokens=False))), f"tokenizer {Path(cand).name}"
+            return (lambda t, tok=tok: len(tok.encode(t, add_special_tokens=False))), f"tokenizer {Path(cand).name}"
     return _heuristic, "heuristic: ASCII chars/4 + other chars/1.5"
 
 

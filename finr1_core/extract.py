@@ -1,6 +1,6 @@
 """Answer extraction from model output.
 
-Rules (issue 5):
+Rules:
 
 - When the text has a think block, the answer is the part after ``</think>``. The think block is
   used only when that part is empty (a model that put everything inside the block).

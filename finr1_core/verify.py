@@ -5,7 +5,7 @@
 - ``correct`` / ``incorrect``: the rules decided.
 - ``unknown``: the rules cannot decide; the row goes to the answer judge.
 
-Principles (issue 5, DESIGN.md section 5):
+Principles (docs/ARCHITECTURE.md, "Fin-R1 specifics"):
 
 - An unparseable or empty gold answer is ``unknown``, **never** ``correct`` (open-r1's early
   accuracy reward scored those as correct).

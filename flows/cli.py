@@ -74,7 +74,7 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
         console.print(f"datasets: {out['storage']}/release (sft/rl parquet + README card), {out['storage']}/sft, {out['storage']}/rl")
         console.print(f"models:   {out['storage']}/models/ (sft, grpo; the report says if a stage trained nothing)")
         for k, v in (out.get("timings") or {}).items():
-            console.print(f"  {k:<8} {v:7.1f} s")
+            console.print(f"  {k:<18} {v:7.1f} s")
     console.print(f"total:    {time.time() - t0:.1f} s")
 
 
@@ -303,7 +303,7 @@ def check_cmd(
     raise typer.Exit(0 if ok else 1)
 # ---------------------------------------------------------------- end check
 
-# ---------------------------------------------------------------- eval and serve (issue 13)
+# ---------------------------------------------------------------- eval and serve
 @app.command("eval")
 def eval_cmd(
     model: list[str] = typer.Option(..., "--model", help="NAME=PATH (local checkpoint, served for the duration) or NAME=URL#MODEL (key from $FINR1_EVAL_KEY_<NAME> or $OPENAI_API_KEY); repeatable"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-# Ray 2.60 turns token auth on by default; local runs and tests disable it (DESIGN.md section 2).
+# Ray 2.60 turns token auth on by default; local runs and tests disable it (docs/ARCHITECTURE.md).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,7 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 # --- fixtures (add yours below, in small blocks) ---------------------------------------------
 
-# distill (issue 4): one local Ray per test session, started through finr1_core.distill.ray_init
+# distill: one local Ray per test session, started through finr1_core.distill.ray_init
 # (once per process, behind a lock). Yields the GCS address so subprocess drivers can join it.
 import pytest  # noqa: E402
 
@@ -33,10 +33,10 @@ def ray_session():
     yield ray.get_runtime_context().gcs_address
 
 
-# ingest (issue 3): moto's real S3 server in-process on a free port (DESIGN.md section 3).
+# ingest: moto's real S3 server in-process on a free port.
 @pytest.fixture(scope="session")
 def moto_s3():
-    """{"endpoint_url", "key", "secret"} of a running moto S3 server (no region_name: see DESIGN.md)."""
+    """{"endpoint_url", "key", "secret"} of a running moto S3 server (no region_name: see docs/ARCHITECTURE.md)."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)

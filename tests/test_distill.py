@@ -1,4 +1,4 @@
-"""Distillation engine (issue 4): keys, parsing, the forced prefix on the wire, exactly-once under
+"""Distillation engine: keys, parsing, the forced prefix on the wire, exactly-once under
 faults, kill -9 and resume, an s3:// storage root on moto's server, and the embedded teacher.
 
 Everything runs against real servers: our fault-injecting OpenAI-compatible server
@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -417,7 +416,6 @@ def test_embedded_transformers_serve_teacher(ray_session, tmp_path):
 
 # =========================================================================== the client alone
 def test_client_ejects_a_dead_endpoint_and_respects_rpm():
-    import asyncio
 
     from finr1_core.llm import LLMClient, Sampling
     from tests.fake_openai import FakeOpenAI

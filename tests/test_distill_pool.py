@@ -7,8 +7,6 @@ import threading
 import time
 from collections import Counter
 
-import pytest
-
 from finr1_core.config import DistillConfig
 from finr1_core.distill import DistillShardError, ResponseCache, distill_shard, response_cache_root, worker_pool
 from finr1_core.llm import Endpoint

@@ -13,8 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from finr1_core.eval import (BENCHMARKS, EvalError, EvalSettings, build_table, parse_model_spec, run_eval, to_markdown,
-                             wilson_ci)
+from finr1_core.eval import BENCHMARKS, EvalError, EvalSettings, build_table, parse_model_spec, run_eval, to_markdown, wilson_ci
 from finr1_core.llm import Sampling
 from tests.fake_openai import FakeOpenAIProcess
 from tests.judge_server import JudgeServer

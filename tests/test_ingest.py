@@ -1,4 +1,4 @@
-"""Ingest (issue 3): every sample loads, gold answers parse, bad input is quarantined or fails in one line."""
+"""Ingest: every sample loads, gold answers parse, bad input is quarantined or fails in one line."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from finr1_core.config import SourceSpec
 from finr1_core.ingest import IngestError, distribution_table, ingest, ingest_sources
-from finr1_core.records import ANSWER_TYPES, MODULES, RECORD_SCHEMA, QUARANTINE_SCHEMA, records_to_table, table_to_records
+from finr1_core.records import ANSWER_TYPES, MODULES, QUARANTINE_SCHEMA, RECORD_SCHEMA, records_to_table, table_to_records
 from finr1_core.sources import SOURCES, load_source
 from finr1_core.sources.parse import choice_answer, eval_program, parse_letters, to_decimal_str
 from flows.cli import app

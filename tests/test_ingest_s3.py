@@ -1,4 +1,4 @@
-"""Ingest to an s3:// output on moto's real S3 server (DESIGN.md section 3)."""
+"""Ingest to an s3:// output on moto's real S3 server."""
 from __future__ import annotations
 
 import io

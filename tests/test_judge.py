@@ -7,7 +7,14 @@ import time
 import pytest
 
 from finr1_core.judge import (
-    ANSWER_JUDGE_VERSION, REASONING_JUDGE_VERSION, AnswerJudge, ReasoningJudge, judge_many, load_template, parse_verdict, sanitize,
+    ANSWER_JUDGE_VERSION,
+    REASONING_JUDGE_VERSION,
+    AnswerJudge,
+    ReasoningJudge,
+    judge_many,
+    load_template,
+    parse_verdict,
+    sanitize,
 )
 from finr1_core.llm import Endpoint, LLMClient
 from tests.judge_server import JudgeServer

@@ -1,5 +1,5 @@
 """Operating finr1 with real Prefect: server, process worker, deployments, shell triggers, the
-scheduler, failed-shard retries and incremental re-distillation (issue 6).
+scheduler, failed-shard retries and incremental re-distillation.
 
 Everything is real and torn down by PID:
 - moto's S3 server (``moto_server`` subprocess) holds the storage root, the response cache and
@@ -163,7 +163,7 @@ def ops(tmp_path_factory, pg_database):
         s3 = {"endpoint_url": f"http://127.0.0.1:{moto_port}", "key": "testing", "secret": "testing"}
         import s3fs
 
-        s3fs.S3FileSystem(**s3).mkdir(BUCKET)  # no region_name (DESIGN.md section 3)
+        s3fs.S3FileSystem(**s3).mkdir(BUCKET)  # no region_name (docs/ARCHITECTURE.md, "Storage")
         teacher, judge = FakeOpenAIProcess(seed=1), FakeOpenAIProcess(seed=2)
         cfg = yaml.safe_load((REPO_ROOT / "configs" / "embedded.yaml").read_text())
         fast = dict(max_retries=1, backoff_base_s=0.05, backoff_max_s=0.2, timeout_s=20)

@@ -14,9 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from finr1_core.config import ConfigError, load_config
+from finr1_core.config import ConfigError, SourceSpec, load_config
 from finr1_core.ingest import ingest_sources
-from finr1_core.config import SourceSpec
 from finr1_core.sources import load_source
 from finr1_core.sources.io import IngestError
 

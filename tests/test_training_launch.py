@@ -23,8 +23,8 @@ RECIPE = str(REPO_ROOT / "configs" / "recipes" / "smollm2-135m" / "sft.yaml")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
     from train_throughput import tokenizer_dir
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     d = tokenizer_dir(tmp_path_factory.mktemp("tiny") / "m")
     tok = AutoTokenizer.from_pretrained(d)

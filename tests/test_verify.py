@@ -1,4 +1,4 @@
-"""The rule verifier: a big table of equivalence cases (every form listed in issue 5)."""
+"""The rule verifier: a big table of equivalence cases (every form the verifier accepts)."""
 import time
 
 import pytest

@@ -7,6 +7,7 @@ import math
 import time
 from typing import Any
 
+
 class TokenBucket:
     """Per-minute limit as a token bucket (burst = 1/6 of a minute's allowance, at least 1 unit)."""
 

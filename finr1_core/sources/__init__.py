@@ -26,7 +26,7 @@ from typing import Any
 from ..records import MODULES
 from . import loaders as L
 from .base import IngestResult, SourceInfo, run_loader
-from .io import IngestError, FileRows, iter_hub, list_files, read_file
+from .io import IngestError, iter_hub, list_files, read_file
 
 CODE, KNOWLEDGE, NON_REASONING, REASONING = MODULES
 

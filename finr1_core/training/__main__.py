@@ -54,9 +54,8 @@ def _is_main() -> bool:
 def _barrier() -> None:
     """Wait for rank 0's checkpoint download before any rank looks for a checkpoint."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
         import torch
+        from accelerate import PartialState
 
         PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
