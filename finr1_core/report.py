@@ -27,6 +27,7 @@ def render_report(
     profile: str,
     stage_counts: dict[str, int],
     results: str,
+    training: str = "",
     distribution: str,
     route_counts: dict[str, int],
     pass_rates: dict[str, float | None],
@@ -52,6 +53,10 @@ def render_report(
         "## Models",
         "",
         md_table(["Model", "Checkpoint"], [[k, f"`{v}`"] for k, v in models.items()]),
+        "",
+        "## Training",
+        "",
+        training or "Nothing was trained.",
         "",
         "## Training data distribution (per source)",
         "",
@@ -83,7 +88,21 @@ def render_report(
     return "\n".join(parts)
 
 
-def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, str]) -> dict:
+def training_table(training: dict[str, dict]) -> str:
+    """One row per trained checkpoint: steps, loss, and for GRPO the reward spread per step
+    (a step whose rewards do not vary has a zero gradient)."""
+    rows = []
+    for name, t in training.items():
+        r = t.get("reward") or {}
+        note = t.get("reason") or ""
+        rows.append([name, t.get("steps"), t.get("train_loss"), t.get("resumed_from_step") or "-",
+                     r.get("zero_reward_std_steps", "-"), r.get("max_reward_std", "-"), r.get("mean_reward", "-"),
+                     f"`{t['plot']}`" if t.get("plot") else "-", note])
+    return md_table(["Model", "Steps", "Final loss", "Resumed from step", "Steps with zero reward spread", "Max reward std",
+                     "Mean reward", "Curves (loss, reward, lr)", "Note"], rows)
+
+
+def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, str], training: dict[str, dict] | None = None) -> dict:
     """Gather a run's figures from its store, write ``report/report.md`` and ``report/summary.json``."""
     from finr1_core.release import distribution_table
 
@@ -109,6 +128,7 @@ def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, st
     links["report"] = store.uri("report", "report.md")
     md = render_report(
         run_id=cfg.run_id, storage_root=cfg.storage_root, profile=cfg.profile, stage_counts=stage_counts, results=results,
+        training=training_table(training or {}),
         distribution=distribution_table({"sft": sft, "rl": rl}), route_counts={"sft": len(sft), "rl": len(rl)},
         pass_rates=pass_rates, accounting=acct, removed=rel.get("removed", {}), links=links, timings=timings, models=models,
     )

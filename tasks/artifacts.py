@@ -30,6 +30,16 @@ def publish_split_summary(c: PipelineConfig, out: dict) -> None:
     publish_stage_summary(c)
 
 
+def publish_training(out: dict) -> None:
+    """Steps, loss, reward spread and the curves plot of a training stage."""
+    from finr1_core.report import training_table
+
+    name = out.get("model") or out.get("stage")
+    create_markdown_artifact(key=f"train-{name}", markdown=f"## {name}\n\n" + training_table({name: out}),
+                             description=f"{name} training: steps, loss, reward spread, curves")
+    get_run_logger().info("%s: %s", name, {k: v for k, v in out.items() if k != "log_history"})
+
+
 def publish_report(c: PipelineConfig, out: dict) -> None:
     create_markdown_artifact(key="finr1-report", markdown=out["markdown"], description=f"finr1 run {c.run_id}")
     from finr1_core.eval.table import table_rows

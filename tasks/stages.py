@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from finr1_core import stages
-from tasks.artifacts import publish_ingest_distribution, publish_report, publish_split_summary
+from tasks.artifacts import publish_ingest_distribution, publish_report, publish_split_summary, publish_training
 from tasks.common import SHARD_OPTS, STAGE_OPTS, artifact_key, config_from
 
 
@@ -80,7 +80,7 @@ def split_release(cfg: dict) -> dict:
 def train_sft(cfg: dict) -> dict:
     """SFT as its own job; its log lines stream into this task run's log."""
     out = stages.run_stage(config_from(cfg), "sft", on_line=get_run_logger().info)
-    get_run_logger().info("sft: %s", out)
+    publish_training(out)
     return out
 
 
@@ -88,7 +88,7 @@ def train_sft(cfg: dict) -> dict:
 def train_grpo(cfg: dict, sft: dict | None = None) -> dict:
     """GRPO from the SFT checkpoint as its own job (``sft``, the SFT task's result, orders this after it)."""
     out = stages.run_stage(config_from(cfg), "grpo", on_line=get_run_logger().info)
-    get_run_logger().info("grpo: %s", out)
+    publish_training(out)
     return out
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from finr1_core.stages.base import Context, Stage
-from finr1_core.stages.train import model_path
+from finr1_core.stages.train import checkpoint_info, model_path
 
 MODELS = ("base", "sft", "grpo")
 
@@ -32,7 +32,9 @@ def _eval(ctx: Context) -> dict:
 def _report(ctx: Context) -> dict:
     from finr1_core.report import write_run_report
 
-    return write_run_report(ctx.cfg, ctx.store, ctx.options.get("timings") or {}, {m: model_path(ctx.cfg, m) or "–" for m in MODELS})
+    training = {m: checkpoint_info(ctx.cfg, m) for m in ("sft", "grpo")}
+    return write_run_report(ctx.cfg, ctx.store, ctx.options.get("timings") or {}, {m: model_path(ctx.cfg, m) or "–" for m in MODELS},
+                            {m: info for m, info in training.items() if info})
 
 
 EVAL = Stage(

@@ -53,6 +53,13 @@ def model_path(cfg: PipelineConfig, name: str) -> str | None:
     return str(local)
 
 
+def checkpoint_info(cfg: PipelineConfig, name: str) -> dict | None:
+    """What the training stage recorded about checkpoint ``name`` (steps, loss, rewards, plot)."""
+    if model_path(cfg, name) is None and _marker(model_dirs(cfg, name)[0]) is None:
+        return None
+    return _marker(model_dirs(cfg, name)[0])
+
+
 def _trained(name: str):
     def done(ctx: Context) -> dict | None:
         m = _marker(model_dirs(ctx.cfg, name)[0])
