@@ -332,20 +332,18 @@ def _yaml_header(name: str, counts: dict[str, int], languages: list[str], num_by
     return f"---\n{cd.to_yaml()}\n---\n"
 
 
-def build_card(name: str, stats: dict, split_rows: dict[str, list[dict]], removals: Sequence[dict], *,
-               judge_versions: dict[str, list[str]], prompt_versions: list[str], teacher_models: list[str],
-               extra: str | None = None, num_bytes: dict[str, int] | None = None) -> str:
-    counts = {sp: len(v) for sp, v in split_rows.items()}
-    languages = sorted({r["language"] for rows in split_rows.values() for r in rows if r.get("language")}) or ["zh", "en"]
-    head = _yaml_header(name, counts, languages, num_bytes)
-    t = stats["total"]
-    src_rows = ["| source | origin | licence | traces | round 1 pass | round 2 pass | sft | rl | removed |",
-                "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+def _source_table(stats: dict) -> list[str]:
+    rows = ["| source | origin | licence | traces | round 1 pass | round 2 pass | sft | rl | removed |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for s, c in stats["per_source"].items():
-        src_rows.append(f"| {s} | {SOURCE_ORIGINS.get(s, '–')} | {SOURCE_LICENSES.get(s, 'unknown')} | {c.get('traces', 0)} | "
-                        f"{_pct(c['round1_pass_rate'])} | {_pct(c['round2_pass_rate'])} | {c.get('released_sft', 0)} | "
-                        f"{c.get('released_rl', 0)} | {c.get('removed', 0)} |")
-    steps = [
+        rows.append(f"| {s} | {SOURCE_ORIGINS.get(s, '–')} | {SOURCE_LICENSES.get(s, 'unknown')} | {c.get('traces', 0)} | "
+                    f"{_pct(c['round1_pass_rate'])} | {_pct(c['round2_pass_rate'])} | {c.get('released_sft', 0)} | "
+                    f"{c.get('released_rl', 0)} | {c.get('removed', 0)} |")
+    return rows
+
+
+def _steps_table(t: dict) -> list[str]:
+    return [
         "| step | input | passed | pass rate |", "|---|---:|---:|---:|",
         f"| 0. trace not empty / truncated / unclosed think | {t.get('traces', 0)} | {t.get('round1_in', 0)} | "
         f"{_pct(_rate(t.get('round1_in', 0), t.get('traces', 0)))} |",
@@ -356,6 +354,10 @@ def build_card(name: str, stats: dict, split_rows: dict[str, list[dict]], remova
         f"| 3. dedup (exact, MinHash near-dup) and decontamination | {t.get('traces', 0)} | "
         f"{t.get('traces', 0) - t.get('removed', 0)} | {_pct(_rate(t.get('traces', 0) - t.get('removed', 0), t.get('traces', 0)))} |",
     ]
+
+
+def _small_tables(stats: dict, removals: Sequence[dict]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(route reasons, removals per step, removal examples, rows per module)."""
     reasons = ["| route_reason | rows |", "|---|---:|"] + [f"| `{k}` | {v} |" for k, v in stats["route_reasons"].items()]
     rem = ["| step | rows removed |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in sorted(stats["removals"].items())]
     if not stats["removals"]:
@@ -363,6 +365,17 @@ def build_card(name: str, stats: dict, split_rows: dict[str, list[dict]], remova
     examples = [f"- `{r.get('key')}` ({r.get('repo_name')}): **{r.get('step')}**: {r.get('reason')}" for r in list(removals)[:20]]
     mods = ["| module | rows |", "|---|---:|"] + [f"| {m} | {stats['modules'].get(m, 0)} |" for m in MODULES]
     mods += [f"| {m} | {c} |" for m, c in stats["modules"].items() if m not in MODULES]
+    return reasons, rem, examples, mods
+
+
+def build_card(name: str, stats: dict, split_rows: dict[str, list[dict]], removals: Sequence[dict], *,
+               judge_versions: dict[str, list[str]], prompt_versions: list[str], teacher_models: list[str],
+               extra: str | None = None, num_bytes: dict[str, int] | None = None) -> str:
+    counts = {sp: len(v) for sp, v in split_rows.items()}
+    languages = sorted({r["language"] for rows in split_rows.values() for r in rows if r.get("language")}) or ["zh", "en"]
+    head = _yaml_header(name, counts, languages, num_bytes)
+    src_rows, steps = _source_table(stats), _steps_table(stats["total"])
+    reasons, rem, examples, mods = _small_tables(stats, removals)
     jv = ", ".join(f"{k}: {', '.join(v) or '–'}" for k, v in judge_versions.items())
     return f"""{head}
 # {name}

@@ -441,6 +441,19 @@ def candidate_answer(prediction: str) -> tuple[str | None, str]:
     return None, answer_part(prediction)
 
 
+@dataclass(frozen=True)
+class _Case:
+    """One comparison: the gold text, the candidate answer and how it was found."""
+
+    gold: str
+    cand: str
+    fallback: bool  # no boxed/phrase answer: the candidate is the bare text, parsed strictly
+    shown: str | None  # what the verdict reports as the extracted answer
+    atype: str
+    question: str | None
+    rel_tol: float
+
+
 def verify(gold, prediction, answer_type: str | None = None, question: str | None = None,
            rel_tol: float = 0.01) -> Verdict:
     """Three-valued rule verdict. See the module docstring for the rules."""
@@ -453,96 +466,103 @@ def verify(gold, prediction, answer_type: str | None = None, question: str | Non
     extracted, cand = candidate_answer(pred_s)
     # boxed/phrase answers are trusted as answers; a bare fallback text is parsed strictly (short)
     # or loosely only when it is short enough to be "just the answer"
-    fallback = extracted is None
     cand = cand.strip()
     if not cand:
         return Verdict(INCORRECT, None, "empty answer")
     atype = answer_type or infer_answer_type(gold_s)
-    fam = _type_family(atype)
     shown = extracted if extracted is not None else (cand if len(cand) <= 200 else None)
-
-    if fam == "mcq":
-        g = parse_letters(gold_s) or parse_letters(gold_s, loose=True)
-        if not g:
-            return Verdict(UNKNOWN, shown, f"gold not parseable as {atype}")
-        p = parse_letters(cand) or (parse_letters(cand, loose=True) if (not fallback or len(cand) <= 40) else None)
-        if p is None:
-            opts = options_from_question(question)
-            if opts:
-                key = normalize_text(cand)
-                hits = [k for k, v in opts.items() if key and normalize_text(v) == key]
-                if len(hits) == 1:
-                    p = hits[0]
-        if p is None:
-            return Verdict(UNKNOWN, shown, "prediction has no option letters")
-        return Verdict(CORRECT if p == g else INCORRECT, p, "options match" if p == g else f"options differ ({p} vs {g})")
-
-    if fam == "tf":
-        g = parse_bool(gold_s)
-        alias = _tf_letter_alias(gold_s)
-        if g is None:
-            return Verdict(UNKNOWN, shown, f"gold not parseable as {atype}")
-        p = parse_bool(cand, loose=not fallback or len(cand) <= 16)
-        if p is None and alias is not None:
-            pl = parse_letters(cand)
-            if pl and len(pl) == 1:
-                ok = pl == alias
-                return Verdict(CORRECT if ok else INCORRECT, pl, "option letter of true/false gold")
-        if p is None:
-            return Verdict(UNKNOWN, shown, "prediction has no true/false value")
-        ok = p == g
-        return Verdict(CORRECT if ok else INCORRECT, "true" if p else "false", "true/false match" if ok else "true/false differ")
-
-    if fam == "label":
-        g = parse_label(gold_s)
-        if g is None:
-            if normalize_text(gold_s) == normalize_text(cand):
-                return Verdict(CORRECT, shown, "exact normalized match")
-            return Verdict(UNKNOWN, shown, f"gold not a known label ({gold_s[:40]})")
-        p = parse_label(cand, loose=not fallback or len(cand) <= 40)
-        if p is None:
-            return Verdict(UNKNOWN, shown, "prediction has no label")
-        return Verdict(CORRECT if p == g else INCORRECT, p, "label match" if p == g else f"labels differ ({p} vs {g})")
-
-    if fam == "num":
-        g = parse_number(gold_s) or parse_number(gold_s, loose=True)
-        if g is None:
-            if _LATEXY.search(gold_s):
-                mv, _, problem = math_verify(gold_s, cand)
-                if mv is True:
-                    return Verdict(CORRECT, shown, "math-verify match")
-                if problem and problem.startswith("timeout"):
-                    return Verdict(UNKNOWN, shown, problem)
-            if normalize_text(gold_s) == normalize_text(cand):
-                return Verdict(CORRECT, shown, "exact normalized match")
-            return Verdict(UNKNOWN, shown, f"gold not parseable as {atype}")
-        symbolic = has_factorial(cand) and not fallback
-        p = None if symbolic else parse_number(cand, loose=not fallback or len(cand) <= 60)
-        if p is None and (symbolic or _LATEXY.search(cand)):
-            mv, val, problem = math_verify(gold_s, cand)
-            if problem and problem.startswith("timeout"):
-                return Verdict(UNKNOWN, shown, problem)
-            if mv:
-                return Verdict(CORRECT, shown, "math-verify match")
-            if val is not None and math.isfinite(val):
-                v, why = compare_numbers(g, Num(val, False, 1.0, val), rel_tol)
-                return Verdict(v, shown, f"math-verify value: {why}")
-            if mv is False:
-                return Verdict(UNKNOWN, shown, "math-verify no match (left to the judge)")
-        if p is None:
-            if parse_bool(gold_s) is None and parse_bool(cand) is not None:
-                return Verdict(INCORRECT, shown, "yes/no answer to a numeric question")
-            return Verdict(UNKNOWN, shown, "prediction has no single number")
-        v, why = compare_numbers(g, p, rel_tol)
-        return Verdict(v, shown, why)
-
+    c = _Case(gold_s, cand, extracted is None, shown, atype, question, rel_tol)
+    by_family = {"mcq": _verify_mcq, "tf": _verify_tf, "label": _verify_label, "num": _verify_num}
+    fn = by_family.get(_type_family(atype))
+    if fn is not None:
+        return fn(c)
     # free text and code: exact normalized match or unknown
     if normalize_text(gold_s) == normalize_text(cand) and normalize_text(cand):
         return Verdict(CORRECT, shown, "exact normalized match")
-    if fam == "text":
-        # free text whose gold happens to be a bare number/letter is still decided by rule
-        pass
     return Verdict(UNKNOWN, shown, f"{atype}: not decidable by rule")
+
+
+def _verify_mcq(c: _Case) -> Verdict:
+    g = parse_letters(c.gold) or parse_letters(c.gold, loose=True)
+    if not g:
+        return Verdict(UNKNOWN, c.shown, f"gold not parseable as {c.atype}")
+    p = parse_letters(c.cand) or (parse_letters(c.cand, loose=True) if (not c.fallback or len(c.cand) <= 40) else None)
+    if p is None:
+        opts = options_from_question(c.question)
+        if opts:
+            key = normalize_text(c.cand)
+            hits = [k for k, v in opts.items() if key and normalize_text(v) == key]
+            if len(hits) == 1:
+                p = hits[0]
+    if p is None:
+        return Verdict(UNKNOWN, c.shown, "prediction has no option letters")
+    return Verdict(CORRECT if p == g else INCORRECT, p, "options match" if p == g else f"options differ ({p} vs {g})")
+
+
+def _verify_tf(c: _Case) -> Verdict:
+    g = parse_bool(c.gold)
+    alias = _tf_letter_alias(c.gold)
+    if g is None:
+        return Verdict(UNKNOWN, c.shown, f"gold not parseable as {c.atype}")
+    p = parse_bool(c.cand, loose=not c.fallback or len(c.cand) <= 16)
+    if p is None and alias is not None:
+        pl = parse_letters(c.cand)
+        if pl and len(pl) == 1:
+            return Verdict(CORRECT if pl == alias else INCORRECT, pl, "option letter of true/false gold")
+    if p is None:
+        return Verdict(UNKNOWN, c.shown, "prediction has no true/false value")
+    ok = p == g
+    return Verdict(CORRECT if ok else INCORRECT, "true" if p else "false", "true/false match" if ok else "true/false differ")
+
+
+def _verify_label(c: _Case) -> Verdict:
+    g = parse_label(c.gold)
+    if g is None:
+        if normalize_text(c.gold) == normalize_text(c.cand):
+            return Verdict(CORRECT, c.shown, "exact normalized match")
+        return Verdict(UNKNOWN, c.shown, f"gold not a known label ({c.gold[:40]})")
+    p = parse_label(c.cand, loose=not c.fallback or len(c.cand) <= 40)
+    if p is None:
+        return Verdict(UNKNOWN, c.shown, "prediction has no label")
+    return Verdict(CORRECT if p == g else INCORRECT, p, "label match" if p == g else f"labels differ ({p} vs {g})")
+
+
+def _verify_num(c: _Case) -> Verdict:
+    g = parse_number(c.gold) or parse_number(c.gold, loose=True)
+    if g is None:
+        return _verify_unparsed_numeric_gold(c)
+    symbolic = has_factorial(c.cand) and not c.fallback
+    p = None if symbolic else parse_number(c.cand, loose=not c.fallback or len(c.cand) <= 60)
+    if p is None and (symbolic or _LATEXY.search(c.cand)):
+        mv, val, problem = math_verify(c.gold, c.cand)
+        if problem and problem.startswith("timeout"):
+            return Verdict(UNKNOWN, c.shown, problem)
+        if mv:
+            return Verdict(CORRECT, c.shown, "math-verify match")
+        if val is not None and math.isfinite(val):
+            v, why = compare_numbers(g, Num(val, False, 1.0, val), c.rel_tol)
+            return Verdict(v, c.shown, f"math-verify value: {why}")
+        if mv is False:
+            return Verdict(UNKNOWN, c.shown, "math-verify no match (left to the judge)")
+    if p is None:
+        if parse_bool(c.gold) is None and parse_bool(c.cand) is not None:
+            return Verdict(INCORRECT, c.shown, "yes/no answer to a numeric question")
+        return Verdict(UNKNOWN, c.shown, "prediction has no single number")
+    v, why = compare_numbers(g, p, c.rel_tol)
+    return Verdict(v, c.shown, why)
+
+
+def _verify_unparsed_numeric_gold(c: _Case) -> Verdict:
+    """A numeric gold the number parser cannot read (LaTeX): math-verify, else exact text."""
+    if _LATEXY.search(c.gold):
+        mv, _, problem = math_verify(c.gold, c.cand)
+        if mv is True:
+            return Verdict(CORRECT, c.shown, "math-verify match")
+        if problem and problem.startswith("timeout"):
+            return Verdict(UNKNOWN, c.shown, problem)
+    if normalize_text(c.gold) == normalize_text(c.cand):
+        return Verdict(CORRECT, c.shown, "exact normalized match")
+    return Verdict(UNKNOWN, c.shown, f"gold not parseable as {c.atype}")
 
 
 # --------------------------------------------------------------------------------------------
