@@ -185,3 +185,16 @@ def test_finr1_eval_flow_publishes_the_table(tmp_path, monkeypatch):
 
     md = asyncio.run(latest())
     assert "| ext |" in md and "n=3" in md and "Wilson" in md
+
+
+def test_a_model_retrained_into_the_same_folder_is_a_new_target(tmp_path):
+    from finr1_core.eval.targets import ModelTarget
+
+    d = tmp_path / "models" / "sft"
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"first weights")
+    (d / "config.json").write_text("{}")
+    before = ModelTarget("sft", path=str(d)).identity_hash()
+    assert ModelTarget("sft", path=str(d)).identity_hash() == before  # stable while nothing changes
+    (d / "model.safetensors").write_bytes(b"retrained weights, other size")
+    assert ModelTarget("sft", path=str(d)).identity_hash() != before  # its cached answers are not reused

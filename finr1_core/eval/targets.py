@@ -50,11 +50,21 @@ class ModelTarget:
 
     def identity(self) -> str:
         """What the cached outputs depend on (not the key, not the server's address for local models)."""
-        where = f"local:{Path(self.path).resolve()}" if self.is_local else f"url:{self.base_url}#{self.model}"
+        where = f"local:{Path(self.path).resolve()}@{weights_fingerprint(self.path)}" if self.is_local else f"url:{self.base_url}#{self.model}"
         return f"{where}|{self.request_mode}"
 
     def identity_hash(self) -> str:
         return hashlib.sha256(self.identity().encode()).hexdigest()[:10]
+
+
+def weights_fingerprint(path: str) -> str:
+    """Names, sizes and modification times of a checkpoint's weight and config files: a model
+    retrained into the same folder (the pipeline's models/sft) gets a new identity, so its
+    cached answers are not reused."""
+    d = Path(path)
+    files = sorted(p for p in d.glob("*") if p.suffix in (".safetensors", ".bin", ".json") and p.is_file()) if d.is_dir() else []
+    blob = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def env_key_for(name: str) -> str:
