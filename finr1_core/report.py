@@ -108,6 +108,8 @@ def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, st
 
     table_md = store.uri("eval", "table", "table.md")
     results = store.read_bytes(table_md).decode() if store.exists(table_md) else ""
+    skipped = (store.stage_manifest("eval") or {}).get("not_evaluated") or {}
+    results += "".join(f"\n- **{m}** not evaluated: {why}" for m, why in skipped.items())
     table_json = store.uri("eval", "table", "table.json")
     table = store.read_json(table_json) if store.exists(table_json) else {"columns": [], "models": {}}
     acc = {m: {**{c: row[c]["accuracy"] for c in table["columns"]}, "Average": row["Average"]} for m, row in table["models"].items()}

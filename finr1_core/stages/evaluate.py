@@ -1,6 +1,9 @@
 """eval (every model in one call, through finr1_core.eval) and report."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from finr1_core.stages.base import Context, Stage
 from finr1_core.stages.train import checkpoint_info, model_path
 
@@ -15,7 +18,9 @@ def _eval(ctx: Context) -> dict:
     from finr1_core.records import table_to_records
 
     cfg = ctx.cfg
-    checkpoints = {m: model_path(cfg, m) for m in MODELS}
+    paths = {m: model_path(cfg, m) for m in MODELS}
+    skipped = {m: why for m, p in paths.items() if (why := unservable(cfg, p))}
+    checkpoints = {m: p for m, p in paths.items() if m not in skipped}
     heldout = table_to_records(ctx.store.read_stage("heldout"))
     res = eval_from_config(cfg, checkpoints, heldout, out=ctx.store.uri("eval", "table"), on_progress=ctx.options.get("on_progress"),
                            api_keys=ctx.options.get("api_keys"))
@@ -24,9 +29,19 @@ def _eval(ctx: Context) -> dict:
         by_model.setdefault(r["model"], []).append(r)
     for model, rows in sorted(by_model.items()):
         ctx.write("eval", model, rows)
-    skipped = {m: "its stage trained nothing" for m, p in checkpoints.items() if p is None}
     return {"models": sorted(by_model), "rows": len(res.rows), "requests": res.evaluated, "not evaluated": skipped,
-            "table": res.uris.get("markdown"), "chart": res.uris.get("chart")}
+            "table": res.uris.get("markdown"), "chart": res.uris.get("chart"), "manifest": {"eval": {"not_evaluated": skipped}}}
+
+
+def unservable(cfg, path: str | None) -> str | None:
+    """Why finr1 cannot serve this checkpoint for the eval here (it is then reported, not evaluated)."""
+    if path is None:
+        return "its stage trained nothing"
+    if cfg.eval.server == "vllm" and shutil.which("vllm") is None:
+        return "eval.server is vllm, and vllm is not installed on this machine"
+    if cfg.eval.server == "transformers" and not Path(path).is_dir():
+        return f"{path} is not a local model directory"
+    return None
 
 
 def _report(ctx: Context) -> dict:
