@@ -21,8 +21,13 @@ def build_grpo_trainer(recipe: Recipe, rows: Sequence[dict], reward_funcs: Seque
     from trl import GRPOTrainer, get_peft_config
 
     tok = AutoTokenizer.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision)
-    rows = list(rows)[: recipe.script.max_rows] if recipe.script.max_rows else list(rows)
-    examples = grpo_examples(rows, tok, recipe.script.think_prefix)
+    examples = grpo_examples(list(rows), tok, recipe.script.think_prefix)
+    cap = recipe.script.max_prompt_tokens
+    if cap:
+        kept = [e for e in examples if len(tok(e["prompt"], add_special_tokens=False)["input_ids"]) <= cap]
+        print(f"grpo: {len(examples) - len(kept)} of {len(examples)} prompts are longer than max_prompt_tokens={cap} and are left out", flush=True)
+        examples = kept
+    examples = examples[: recipe.script.max_rows] if recipe.script.max_rows else examples
     if not examples:
         raise DataError("data error: messages: GRPO has no prompts")
     funcs = list(reward_funcs) if reward_funcs else get_rewards(recipe.script.reward_funcs)

@@ -33,6 +33,7 @@ class ScriptArguments:
     dataset: str | None = field(default=None, metadata={"help": "Released dataset folder, Parquet path or hub id"})
     dataset_split: str | None = field(default=None, metadata={"help": "Split of a released folder (default: sft for SFT, rl+sft for GRPO)"})
     max_rows: int | None = field(default=None, metadata={"help": "Cap on training rows (GRPO: prompts)"})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": "GRPO: leave out prompts longer than this (said in the log)"})
     reward_funcs: list[str] = field(default_factory=lambda: ["format", "accuracy"], metadata={"help": "Reward names from the registry"})
     think_prefix: str = field(default="<think>\n", metadata={"help": "Forced start of every GRPO completion"})
     generation_fallback: str = field(default="generate", metadata={"help": "GRPO generation when vLLM is absent: generate | paged"})
