@@ -74,6 +74,7 @@ def e2e(tmp_path_factory):
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "embedded.yaml").read_text())
     cfg["limit"] = 4
     cfg["eval"]["max_rows"] = 1  # per benchmark
+    cfg["eval"]["max_tokens"] = 24  # CPU: three served checkpoints answer every held-out benchmark
     env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect"), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PYTHONUNBUFFERED="1")
     c = load_config(REPO_ROOT / "configs" / "embedded.yaml", {"limit": 4})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from finr1_core.config import embedded_model_dir, load_config
 from finr1_core.eval.from_config import eval_from_config
@@ -14,6 +15,7 @@ from tests.fake_openai import FakeOpenAIProcess
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.heavy  # about 8 minutes on this 2-core CPU; the e2e flow test evaluates three served checkpoints in CI
 def test_two_served_checkpoints_and_an_external_endpoint(tmp_path):
     model = str(embedded_model_dir())
     second = tmp_path / "sft-checkpoint"
