@@ -138,7 +138,12 @@ def test_retry_failed_set_fixes_a_bad_endpoint(world):
     dead["teacher"] = {**w["cfg"]["teacher"], "endpoints": [{"name": "t", "base_url": "http://127.0.0.1:9/v1"}], "max_retries": 0}
     path = w["tmp"] / "dead.yaml"
     path.write_text(yaml.safe_dump(dead, allow_unicode=True))
-    first = _finr1(["run", "--config", str(path), "--storage", w["storage"], "--run-id", "i3", "--stop-after", "distill"], w["env"])
+    # the pre-flight names the dead endpoint before any work
+    pre = _finr1(["run", "--config", str(path), "--storage", w["storage"], "--run-id", "i3", "--stop-after", "distill"], w["env"])
+    assert pre.returncode == 2 and "127.0.0.1:9" in pre.stderr, pre.stdout[-3000:] + pre.stderr[-3000:]
+    assert not (Path(w["storage"]) / "i3").exists()
+    # an endpoint that dies after the pre-flight: the run fails at distill, and --set repairs it
+    first = _finr1(["run", "--config", str(path), "--storage", w["storage"], "--run-id", "i3", "--stop-after", "distill", "--no-preflight"], w["env"])
     assert first.returncode == 2 and "finr1 retry-failed i3" in first.stderr, first.stdout[-3000:] + first.stderr[-3000:]
     assert _teacher_keys(w) == []
     url = w["teacher"].url
