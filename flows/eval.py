@@ -30,7 +30,20 @@ def _progress_logger(every_s: float = 10.0):
 def finr1_eval(models: list[str], out: str, benchmarks: str = "finqa,convfinqa,ant_finance,tfns,finance_instruct",
                data: list[str] | None = None, limit: int | None = None, judge: str | None = None, max_tokens: int = 1024,
                temperature: float = 0.0, samples: int = 1, concurrency: int = 8) -> dict:
-    """Evaluate named models (NAME=PATH or NAME=URL#MODEL) on named benchmarks; cached per row under ``out``."""
+    """Evaluate named models (NAME=PATH or NAME=URL#MODEL) on named benchmarks; cached per row under ``out``.
+
+    Args:
+        models: Named targets: NAME=PATH (a local checkpoint finr1 serves) or NAME=URL#MODEL (an OpenAI-compatible endpoint).
+        out: Where results, the table, the chart and the per-row cache go (a local path or s3://).
+        benchmarks: Comma-separated benchmark names (finqa, convfinqa, ant_finance, tfns, finance_instruct, fineval, cfbenchmark, financeiq).
+        data: BENCHMARK=PATH items pointing a benchmark at any file or folder `finr1 ingest --path` accepts.
+        limit: Rows per benchmark; empty = all.
+        judge: The answer judge for what the rules cannot decide: a local path or URL#MODEL; empty = rules only.
+        max_tokens: Completion tokens per answer.
+        temperature: Sampling temperature (0 = greedy).
+        samples: Samples per row; accuracy is Pass@1 averaged over them.
+        concurrency: Requests in flight per endpoint.
+    """
     settings = EvalSettings(sampling=Sampling(temperature, 1.0 if temperature == 0 else 0.95, max_tokens), samples=samples,
                             max_concurrency=concurrency)
     res = run_eval(models, benchmarks, data or [], limit, out, judge=judge, on_progress=_progress_logger(), settings=settings)
