@@ -363,18 +363,23 @@ def one_line_error(err: ValidationError) -> str:
     return _one_line(err)
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
-    """Load, expand ``${EMBEDDED_MODEL}``/``${REPO}`` and validate. Raises ConfigError (one line)."""
-    path = Path(path) if path else REPO_ROOT / "configs" / "embedded.yaml"
+def read_yaml_mapping(path: Path, shown: str | Path, error: type[Exception], prefix: str) -> dict:
+    """A YAML file whose top level is a mapping; ``error("<prefix>: ...")`` in one line otherwise."""
     if not path.exists():
-        raise ConfigError(f"config error: file not found: {path}")
+        raise error(f"{prefix}: file not found: {shown}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config error: {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise error(f"{prefix}: {shown}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config error: {path}: top level must be a mapping")
-    raw = expand_tokens(raw)
+        raise error(f"{prefix}: {shown}: top level must be a mapping")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
+    """Load, expand ``${EMBEDDED_MODEL}``/``${REPO}`` and validate. Raises ConfigError (one line)."""
+    path = Path(path) if path else REPO_ROOT / "configs" / "embedded.yaml"
+    raw = expand_tokens(read_yaml_mapping(path, path, ConfigError, "config error"))
     for k, v in (overrides or {}).items():
         if v is None:
             continue

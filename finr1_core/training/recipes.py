@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from finr1_core.config import REPO_ROOT, expand_tokens
+from finr1_core.config import REPO_ROOT, expand_tokens, read_yaml_mapping
 
 METHODS = ("sft", "grpo")
 
@@ -66,15 +66,7 @@ def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_absolute() and not p.exists():
         p = REPO_ROOT / p
-    if not p.exists():
-        raise RecipeError(f"recipe error: file not found: {path}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe error: {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"recipe error: {path}: top level must be a mapping")
-    return expand_tokens(raw)
+    return expand_tokens(read_yaml_mapping(p, path, RecipeError, "recipe error"))
 
 
 def override_args(overrides: dict[str, Any] | None) -> list[str]:
