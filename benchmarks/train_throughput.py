@@ -179,8 +179,9 @@ def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Pat
             "median_row_len": sorted(lengths)[len(lengths) // 2], "notes": recipe.notes}
 
 
-def generation(size, vocab, batch, new_tokens, cuda, weights: str, reps=1) -> dict:
-    """Generated tokens/s of one generate call over ``batch`` completions (what a GRPO step does)."""
+def generation(size, vocab, batch, new_tokens, cuda, weights: str, reps=1, compiled=False) -> dict:
+    """Generated tokens/s of one generate call over ``batch`` completions (what a GRPO step does).
+    ``compiled``: a static KV cache, so transformers compiles the decode step (CUDA graphs)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -191,8 +192,13 @@ def generation(size, vocab, batch, new_tokens, cuda, weights: str, reps=1) -> di
     prompt = torch.randint(3, vocab, (batch, 128), device=dev)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and weights == "fp32+amp") else torch.autocast("cpu", enabled=False)
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0, pad_token_id=0)
+    if compiled:
+        kw["cache_implementation"] = "static"
     with torch.no_grad(), amp:
-        model.generate(prompt, **{**kw, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
+        t0 = time.perf_counter()
+        # warm-up; a compiled decode is compiled for this cache length, so it warms up at full length
+        model.generate(prompt, **(kw if compiled else {**kw, "max_new_tokens": 8, "min_new_tokens": 8}))
+        warm = time.perf_counter() - t0
         best = 0.0
         for _ in range(reps):
             sync()
@@ -203,7 +209,7 @@ def generation(size, vocab, batch, new_tokens, cuda, weights: str, reps=1) -> di
     del model
     if cuda:
         torch.cuda.empty_cache()
-    return {"tok_s": best, "completions": batch, "new_tokens": new_tokens}
+    return {"tok_s": best, "completions": batch, "new_tokens": new_tokens, "warmup_s": round(warm, 1)}
 
 
 def sft_variants(cuda: bool, quick: bool = False) -> list[tuple[str, str, bool]]:
@@ -213,10 +219,19 @@ def sft_variants(cuda: bool, quick: bool = False) -> list[tuple[str, str, bool]]
     if not cuda:
         return [("sft recipe (sdpa, bfd)", "auto", False)]
     auto = pick_attention(True, packed=True)
-    out = [(f"sft recipe ({auto}, bfd, liger)", "auto", True), (f"sft {auto}, bfd, no liger", "auto", False),
-           ("sft sdpa, bfd, liger", "sdpa", True)]
-    out = out[:2] if quick else out
+    out = [(f"sft recipe ({auto}, bfd, liger)", "auto", True), (f"sft {auto}, bfd, no liger", "auto", False)]
+    if auto != "flex_attention":
+        out.append(("sft flex_attention, bfd, liger", "flex_attention", True))
+    if not quick:
+        out.append(("sft sdpa, bfd, liger", "sdpa", True))
     return out if has("liger_kernel") else [o for o in out if not o[2]]
+
+
+def _sft_row(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root) -> dict:
+    try:
+        return sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root)
+    except Exception as e:  # one failing variant must not lose the others
+        return {"tok_s": 0.0, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
 
 
 def run_size(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, quick=False) -> list[dict]:
@@ -226,16 +241,18 @@ def run_size(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, quic
     base = plain_loop(size, vocab, batch, seq, steps, warmup, cuda)
     rows.append({"size": size, "setting": f"plain dense loop, full {seq} rows (start)", **base})
     log(rows[-1])
-    for label, attn, liger in sft_variants(cuda, quick):
-        try:
-            r = sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root)
-        except Exception as e:  # one failing variant must not lose the others
-            r = {"tok_s": 0.0, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-        rows.append({"size": size, "setting": label, **r})
+    variants = sft_variants(cuda, quick)
+    # the recipe's own backend between the two baselines; other backends (slow first compiles) after
+    mine = [v for v in variants if v[1] == "auto"]
+    for label, attn, liger in mine:
+        rows.append({"size": size, "setting": label, **_sft_row(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root)})
         log(rows[-1])
     end = plain_loop(size, vocab, batch, seq, steps, warmup, cuda)
     rows.append({"size": size, "setting": f"plain dense loop, full {seq} rows (end)", **end})
     log(rows[-1])
+    for label, attn, liger in variants[len(mine):]:
+        rows.append({"size": size, "setting": label, **_sft_row(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root)})
+        log(rows[-1])
     plain = (base["tok_s"] + end["tok_s"]) / 2
     for r in rows:
         r["mfu"] = mfu(r["tok_s"], n)
@@ -245,16 +262,24 @@ def run_size(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, quic
 
 
 def run_generation(size, vocab, cuda, new_tokens, log) -> list[dict]:
-    cases = [("today: fp32 weights (+bf16 autocast), 8 completions", "fp32+amp", 8),
-             ("new: bf16 weights, 8 completions", "bf16", 8),
-             ("new: bf16 weights, generation batch 64", "bf16", 64)]
+    """Today's path, then the project's GRPO generation without vLLM (``generation_fallback: compiled``:
+    bf16, static cache, compiled decode) at the production recipe's generation batch (8 x 4 = 32) and 64."""
+    cases = [("today: fp32 weights (+bf16 autocast), 8 completions", "fp32+amp", 8, False),
+             ("bf16 weights, 64 completions, dynamic cache", "bf16", 64, False),
+             ("new: bf16, static cache + compiled decode, 32 completions", "bf16", 32, True),
+             ("new: bf16, static cache + compiled decode, 64 completions", "bf16", 64, True)]
+    if not cuda:
+        cases = cases[:2]  # no compiled decode on a CPU
     rows = []
-    for label, w, b in cases:
-        r = generation(size, vocab, b, new_tokens, cuda, w)
+    for label, w, b, comp in cases:
+        try:
+            r = generation(size, vocab, b, new_tokens, cuda, w, compiled=comp)
+        except Exception as e:  # one failing case must not lose the others
+            r = {"tok_s": 0.0, "new_tokens": new_tokens, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
         rows.append({"size": size, "setting": label, **r})
         log(rows[-1])
     for r in rows:
-        r["vs_today"] = r["tok_s"] / rows[0]["tok_s"]
+        r["vs_today"] = r["tok_s"] / rows[0]["tok_s"] if rows[0]["tok_s"] else 0.0
     return rows
 
 
@@ -265,7 +290,8 @@ def table(train_rows: list[dict], gen_rows: list[dict], device: str) -> str:
         lines.append(f"| {r['size']} | {r['setting']}{err} | {r['tok_s']:,.0f} | {r['mfu']:.1%} | {r['vs_plain']:.2f}x |")
     lines += ["", "| Size | GRPO generation | generated tok/s | vs today |", "|---|---|---|---|"]
     for r in gen_rows:
-        lines.append(f"| {r['size']} | {r['setting']} ({r['new_tokens']} new tokens) | {r['tok_s']:,.0f} | {r['vs_today']:.1f}x |")
+        err = f" ({r['error']})" if r.get("error") else ""
+        lines.append(f"| {r['size']} | {r['setting']}{err} ({r['new_tokens']} new tokens) | {r['tok_s']:,.0f} | {r['vs_today']:.1f}x |")
     return "\n".join(lines)
 
 
@@ -279,6 +305,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=0, help="rows of 4096 per step (default: 4 at 0.5B, 2 at 1.5B)")
     ap.add_argument("--gen-tokens", type=int, default=512)
     ap.add_argument("--skip-generation", action="store_true")
+    ap.add_argument("--skip-train", action="store_true", help="only the GRPO generation figures")
     ap.add_argument("--gen-size", default=None, help="model size for the GRPO generation figures (default: the first size)")
     ap.add_argument("--quick", action="store_true", help="only the recipe's SFT variant and its no-Liger twin")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -293,7 +320,7 @@ def main(argv=None) -> int:
     log = lambda r: print(json.dumps({k: v for k, v in r.items() if k != "notes"}, default=str), flush=True)
     train_rows, gen_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
+        for size in [] if a.skip_train else sizes:
             batch = a.batch or (4 if size in ("0.5b", "toy") else 2)
             train_rows += run_size(size, vocab, batch, a.steps, a.warmup, seq, cuda, Path(tmp), log, a.quick)
     if not a.skip_generation:

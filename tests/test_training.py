@@ -122,8 +122,13 @@ def test_production_recipe_on_gpu_keeps_fast_settings(monkeypatch):
     raw = read_yaml(RECIPES / "qwen2.5-7b-instruct" / "sft.yaml")
     adapt_to_device(raw, "sft", cuda=True)
     assert raw["model_init_kwargs"]["dtype"] == "bfloat16" and raw["bf16"] and raw["optim"] == "adamw_torch_fused"
-    assert raw["attn_implementation"] in ("flash_attention_3", "flash_attention_2", "flex_attention")  # packed rows
+    assert raw["attn_implementation"] in ("flash_attention_3", "flash_attention_2", "torch_varlen", "flex_attention")  # packed rows
     assert raw["packing_strategy"] == "bfd" and raw["gradient_checkpointing"]
+    # GRPO without vLLM on a GPU: a static KV cache, so transformers compiles the decode step
+    raw = read_yaml(RECIPES / "qwen2.5-7b-instruct" / "grpo.yaml")
+    notes = adapt_to_device(raw, "grpo", cuda=True)
+    if not raw["use_vllm"]:
+        assert raw["cache_implementation"] == "static" and any("generation_fallback: compiled" in n for n in notes)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from finr1_core.training import attention
+
 
 def has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
@@ -14,7 +16,8 @@ def has(module: str) -> bool:
 def pick_attention(cuda: bool, packed: bool) -> str:
     """Fastest installed attention backend that keeps packed sequences apart.
 
-    flash-attn (varlen kernels) first; else flex attention for packed / padding-free rows (the
+    flash-attn (varlen kernels) first; else, for packed / padding-free rows, PyTorch's own
+    FlashAttention varlen kernel (:mod:`finr1_core.training.attention`), then flex attention (the
     SDPA fast kernel does not take the block-diagonal mask); else SDPA.
     """
     if not cuda:
@@ -23,7 +26,9 @@ def pick_attention(cuda: bool, packed: bool) -> str:
         return "flash_attention_3"
     if has("flash_attn"):
         return "flash_attention_2"
-    return "flex_attention" if packed else "sdpa"
+    if packed:
+        return attention.NAME if attention.available() else "flex_attention"
+    return "sdpa"
 
 
 def adapt_to_device(raw: dict, method: str, cuda: bool | None = None) -> list[str]:
@@ -51,6 +56,8 @@ def adapt_to_device(raw: dict, method: str, cuda: bool | None = None) -> list[st
                 setv(k, False, "no GPU")
         if "fused" in str(raw.get("optim", "")):
             setv("optim", "adamw_torch", "no GPU")
+        if raw.get("attn_implementation") == attention.NAME:
+            setv("attn_implementation", "sdpa", "the varlen kernel needs CUDA")
         setv("use_cpu", True, "no GPU")
     else:
         raw.setdefault("dtype", "bfloat16")
@@ -58,8 +65,14 @@ def adapt_to_device(raw: dict, method: str, cuda: bool | None = None) -> list[st
             setv("use_liger_kernel", False, "liger-kernel not installed")
         if method == "grpo" and raw.get("use_vllm") and not has("vllm"):
             setv("use_vllm", False, "vLLM not installed")
-            if raw.get("generation_fallback") == "paged":
-                setv("use_transformers_paged", True, "generation_fallback: paged")
+        if method == "grpo" and not raw.get("use_vllm"):
+            fallback = raw.get("generation_fallback")
+            if fallback == "paged":
+                setv("use_transformers_continuous_batching", True, "generation_fallback: paged")
+            elif fallback == "compiled":
+                setv("cache_implementation", "static", "generation_fallback: compiled (decode compiled by transformers)")
+    if raw["attn_implementation"] == attention.NAME:
+        attention.register()
     mik = dict(raw.get("model_init_kwargs") or {})
     mik.setdefault("dtype", raw.get("dtype") or "auto")
     mik.setdefault("attn_implementation", raw["attn_implementation"])

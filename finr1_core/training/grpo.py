@@ -45,6 +45,8 @@ def build_grpo_trainer(recipe: Recipe, rows: Sequence[dict], reward_funcs: Seque
         processing_class=tok,
         peft_config=get_peft_config(recipe.model),
     )
+    if recipe.script.generation_fallback == "compiled" and recipe.args.cache_implementation == "static":
+        trainer.generation_config.disable_compile = False  # TRL turns transformers' compiled decode off
     return trainer, tok, len(examples)
 
 

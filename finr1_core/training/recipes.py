@@ -36,7 +36,7 @@ class ScriptArguments:
     max_prompt_tokens: int | None = field(default=None, metadata={"help": "GRPO: leave out prompts longer than this (said in the log)"})
     reward_funcs: list[str] = field(default_factory=lambda: ["format", "accuracy"], metadata={"help": "Reward names from the registry"})
     think_prefix: str = field(default="<think>\n", metadata={"help": "Forced start of every GRPO completion"})
-    generation_fallback: str = field(default="generate", metadata={"help": "GRPO generation when vLLM is absent: generate | paged"})
+    generation_fallback: str = field(default="generate", metadata={"help": "GRPO generation without vLLM on a GPU: generate | compiled (static cache, compiled decode) | paged"})
     log_rows: bool = field(default=False, metadata={"help": "Write the rows each rank trained on to <output>/rows_seen/"})
 
 

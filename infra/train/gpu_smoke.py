@@ -44,10 +44,18 @@ def main() -> int:
     grpo = train("grpo", str(ROOT / "configs/recipes/smollm2-135m/grpo.yaml"), str(work / "rl.parquet"), str(work / "grpo-out"),
                  overrides={"model_name_or_path": str(sft["output_dir"]), "max_steps": 2, "max_completion_length": 32},
                  on_line=lines.append)
-    summary = {"cuda": torch.cuda.is_available(), "sft": {k: sft[k] for k in ("steps", "train_loss", "adapted", "checkpoint", "plot")},
-               "grpo": {k: grpo[k] for k in ("steps", "train_loss", "reward", "adapted", "checkpoint", "plot")}}
+    # GRPO generation without vLLM the fast way: static cache, decode compiled by transformers
+    compiled = train("grpo", str(ROOT / "configs/recipes/smollm2-135m/grpo.yaml"), str(work / "rl.parquet"), str(work / "grpo-compiled"),
+                     overrides={"model_name_or_path": str(sft["output_dir"]), "max_steps": 2, "max_completion_length": 32,
+                                "generation_fallback": "compiled"}, on_line=lines.append)
+    keys = ("steps", "train_loss", "reward", "adapted", "checkpoint", "plot")
+    summary = {"cuda": torch.cuda.is_available(), "sft": {k: sft[k] for k in keys if k in sft},
+               "grpo": {k: grpo[k] for k in keys}, "grpo_compiled": {k: compiled[k] for k in keys}}
     print(json.dumps(summary, indent=2, default=str))
-    assert sft["steps"] == 4 and sft["train_loss"] > 0 and grpo["steps"] == 2, summary
+    assert sft["steps"] == 4 and sft["train_loss"] > 0 and grpo["steps"] == 2 and compiled["steps"] == 2, summary
+    if torch.cuda.is_available():
+        assert any("torch_varlen" in a for a in sft["adapted"]), sft["adapted"]
+        assert any("cache_implementation" in a for a in compiled["adapted"]), compiled["adapted"]
     return 0
 
 

@@ -1,0 +1,107 @@
+"""Packed-row attention on PyTorch's own FlashAttention varlen kernel (``torch.nn.attention.varlen``).
+
+Packed SFT rows (``packing_strategy: bfd`` or ``padding_free``) reach the model as one long row whose
+``position_ids`` restart at 0 for every sequence. SDPA's fast kernel cannot keep those sequences
+apart (it refuses the block-diagonal mask), and flash-attn is often not installed; PyTorch (2.10 and
+newer) ships the FlashAttention-2 varlen kernel itself. :data:`NAME` registers it with transformers'
+``AttentionInterface`` as an ``attn_implementation``:
+
+- no padding mask and no KV cache (training): the sequence boundaries come from ``position_ids``
+  (or each row is one sequence), and the kernel runs on the flattened tokens;
+- anything else (a padding mask, generation with a cache, dropout): SDPA with an explicit mask.
+
+Measured against flex attention, the previous pick for packed rows, in
+``benchmarks/train_throughput.py``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+
+NAME = "torch_varlen"
+
+
+def available() -> bool:
+    """PyTorch ships ``torch.nn.attention.varlen`` (2.10+) and a CUDA device is present."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+def register() -> str:
+    """Make ``attn_implementation: torch_varlen`` loadable in this process (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(NAME, varlen_attention_forward)
+    AttentionMaskInterface.register(NAME, flash_attention_mask)  # None unless rows are padded
+    return NAME
+
+
+_last: list = [None, None]  # (position_ids, boundaries): every layer of one forward shares them
+
+
+def _boundaries(position_ids, batch: int, seq: int, device):
+    """(cu_seqlens int32, max_len): from position_ids restarts, else one sequence per row."""
+    import torch
+
+    if position_ids is not None and _last[0] is position_ids:
+        return _last[1]
+    if position_ids is not None and batch == 1:
+        pos = position_ids.reshape(-1)
+        starts = (pos == pos.min()).nonzero().reshape(-1).to(torch.int32)
+        cu = torch.cat([starts, torch.tensor([seq], dtype=torch.int32, device=device)])
+        out = (cu, int(cu.diff().max()))
+    else:
+        out = (torch.arange(batch + 1, dtype=torch.int32, device=device) * seq, seq)
+    if position_ids is not None:
+        _last[0], _last[1] = position_ids, out
+    return out
+
+
+def _kernel_kwargs(scaling: float | None, gqa: bool) -> dict:
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    kw = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    if scaling is not None and "scale" in params:
+        kw["scale"] = scaling
+    if gqa and "enable_gqa" in params:
+        kw["enable_gqa"] = True
+    return kw
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                             sliding_window: int | None = None, **kwargs):
+    """transformers' attention signature: query/key/value are (batch, heads, seq, dim); returns (batch, seq, heads, dim)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    b, hq, t, d = query.shape
+    if attention_mask is not None or key.shape[2] != t or dropout > 0 or sliding_window is not None:
+        return _sdpa_fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    hk = key.shape[1]
+    kw = _kernel_kwargs(scaling, hk != hq)
+    if hk != hq and "enable_gqa" not in kw:
+        key = key.repeat_interleave(hq // hk, dim=1)
+        value = value.repeat_interleave(hq // hk, dim=1)
+    cu, max_len = _boundaries(kwargs.get("position_ids"), b, t, query.device)
+    q, k, v = (x.transpose(1, 2).reshape(b * t, x.shape[1], d) for x in (query, key, value))
+    out = varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw)
+    return out.reshape(b, t, hq, d), None
+
+
+def _sdpa_fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
+    """A padded batch or a KV cache: SDPA with the 2-D padding mask made causal and 4-D."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    mask = attention_mask
+    if mask is not None and mask.dim() == 2:
+        q_len, k_len = query.shape[2], key.shape[2]
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        mask = causal[None, None] & mask.bool()[:, None, None, :]
+    kwargs.pop("is_causal", None)
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
+                                  is_causal=mask is None and query.shape[2] > 1, **kwargs)
