@@ -181,7 +181,7 @@ class WebUIStack:
         except ServerError as e:
             self.stop()
             raise WebUIError(str(e)) from None
-        name_model(self.url, self.model, f"finr1 · {Path(self.model).name}", f"served by finr1 serve at {self.serve_url}")
+        name_model(self.url, self.model, f"finr1 · {Path(self.model).name}", f"served by finr1 serve from {self.model}")
         return self
 
     def wait(self) -> None:
