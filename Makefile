@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # Prefect's default (20 s) is too short for the ephemeral server on a busy machine
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: demo test lint setup model clean server server-down help
+.PHONY: demo test lint setup model clean server server-down help webui webui-setup webui-test-deps webui-test
 
 help:
 	@echo "make demo   - set up .venv, prepare the embedded model, run the whole pipeline"
@@ -21,6 +21,8 @@ help:
 	@echo "make lint   - ruff (lint and import order), as CI runs it"
 	@echo "make server - local Prefect server + worker on 127.0.0.1:4200, deploy deployments/prefect.yaml"
 	@echo "make server-down - stop them (worker by PID, then prefect server stop)"
+	@echo "make webui  - Open WebUI on 127.0.0.1:8080 chatting with the embedded model (finr1 serve); Ctrl-C stops both"
+	@echo "make webui-test - the browser test (Chromium + Playwright; installs them first)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -53,8 +55,35 @@ server: model
 server-down:
 	$(BIN)/finr1 server down
 
+# Open WebUI (`make webui`): its own venv (it pins its own torch, transformers and fastapi), torch
+# first (the CPU build on local disk), then Open WebUI from PyPI. `finr1 webui` starts `finr1 serve`
+# of the embedded model and `open-webui serve` on 127.0.0.1:8080 (data in $(FINR1_HOME)/webui).
+WEBUI_VENV := .venv-webui
+OPEN_WEBUI_VERSION := 0.12.4
+PLAYWRIGHT_VERSION := 1.65.2
+
+$(WEBUI_VENV)/.installed:
+	$(PY) -m venv $(WEBUI_VENV)
+	$(WEBUI_VENV)/bin/pip install -q --upgrade pip
+	$(WEBUI_VENV)/bin/pip install -q torch==2.13.0
+	$(WEBUI_VENV)/bin/pip install -q open-webui==$(OPEN_WEBUI_VERSION)
+	touch $@
+
+webui-setup: $(WEBUI_VENV)/.installed
+
+webui: model webui-setup
+	$(BIN)/finr1 webui $(WEBUI_ARGS)
+
+# The browser test: Debian's Chromium (no browser download) driven by Playwright for Python.
+webui-test-deps: setup webui-setup
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	$(BIN)/pip install -q playwright==$(PLAYWRIGHT_VERSION)
+
+webui-test: model webui-test-deps
+	FINR1_WEBUI_SCREENSHOT=runs/ui-webui.png $(BIN)/python -m pytest -m heavy tests/test_webui.py $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(WEBUI_VENV) runs .pytest_cache
 
 lint: setup
 	$(BIN)/ruff check .

@@ -42,6 +42,9 @@ def _serve_exe() -> str:
 class ManagedServer:
     """``with ManagedServer() as srv: srv.base_url`` -> ``http://127.0.0.1:PORT/v1``."""
 
+    label = "model server"  # how errors name this process
+    stop_timeout_s = 10.0  # SIGTERM to the process group, SIGKILL after this
+
     def __init__(
         self,
         model: str | None = None,
@@ -98,7 +101,7 @@ class ManagedServer:
         url = f"http://{self.host}:{self.port}/health"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(f"model server exited with code {self.proc.returncode}: {last_log_line(self.log_path)} (log: {self.log_path})")
+                raise ServerError(f"{self.label} exited with code {self.proc.returncode}: {last_log_line(self.log_path)} (log: {self.log_path})")
             try:
                 if httpx.get(url, timeout=2).status_code == 200:
                     return self
@@ -106,7 +109,7 @@ class ManagedServer:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise ServerError(f"model server not healthy after {self.startup_timeout_s:.0f} s; log: {self.log_path}")
+        raise ServerError(f"{self.label} not healthy after {self.startup_timeout_s:.0f} s; log: {self.log_path}")
 
     def _guard_signals(self) -> None:
         """Stop the server also when this process is ended: at exit, and on SIGTERM (a cancelled
@@ -143,7 +146,7 @@ class ManagedServer:
             return
         try:
             os.killpg(p.pid, signal.SIGTERM)
-            p.wait(timeout=10)
+            p.wait(timeout=self.stop_timeout_s)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             try:
                 os.killpg(p.pid, signal.SIGKILL)
@@ -258,20 +261,21 @@ class VLLMServer(ManagedServer):
 
 # --------------------------------------------------------------------------- `finr1 serve`
 def serve_forever(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                  engine: str = "transformers", log=print) -> None:
+                  engine: str = "transformers", log=print, log_path: str | None = None) -> None:
     """Serve one model until SIGINT/SIGTERM, then stop it (and its process group) cleanly.
 
     ``transformers``: ``transformers serve`` (CPU); with ``api_key`` it listens on a private
     loopback port behind :mod:`finr1_core.keyproxy`. ``vllm``: ``vllm serve`` with the reasoning
-    parser, the forced ``<think>\\n`` template and its own key check.
+    parser, the forced ``<think>\\n`` template and its own key check. ``log_path``: the model
+    server's log (appended to; a temporary file by default), one line per request.
     """
     if engine not in ("transformers", "vllm"):
         raise ServerError(f"engine must be transformers or vllm (got {engine!r})")
     model = check_model_dir(model) if engine == "transformers" or Path(model).exists() else model
     if engine == "vllm":
-        srv: ManagedServer = VLLMServer(model, host, port, api_key=api_key)
+        srv: ManagedServer = VLLMServer(model, host, port, api_key=api_key, log_path=log_path)
     else:
-        srv = ManagedServer(model, "127.0.0.1" if api_key else host, free_port() if api_key else port)
+        srv = ManagedServer(model, "127.0.0.1" if api_key else host, free_port() if api_key else port, log_path=log_path)
     with srv:
         url = f"http://{host}:{port}/v1"
         log(f"serving {model} at {url} (engine {engine}, {'API key required' if api_key else 'no API key'}); Ctrl-C stops it")

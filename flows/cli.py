@@ -355,13 +355,34 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     api_key: str = typer.Option(None, "--api-key", envvar="FINR1_SERVE_API_KEY", help="Require 'Authorization: Bearer KEY' (also from $FINR1_SERVE_API_KEY)"),
     engine: str = typer.Option("transformers", "--engine", help="transformers (embedded, CPU) or vllm (production, GPU)"),
+    log_file: str = typer.Option(None, "--log", help="The model server's log file, appended to (default: a temporary file)"),
 ) -> None:
     """Serve a model over the OpenAI API until Ctrl-C/SIGTERM (health check: GET /health)."""
     from finr1_core.serving import ServerError, serve_forever
 
     try:
-        serve_forever(model, host, port, api_key, engine, log=lambda m: console.print(m, highlight=False, markup=False))
+        serve_forever(model, host, port, api_key, engine, log=lambda m: console.print(m, highlight=False, markup=False), log_path=log_file)
     except ServerError as e:
+        fail(str(e))
+
+
+@app.command("webui")
+def webui_cmd(
+    model: str = typer.Argument(None, help="Model directory (default: the embedded model, `finr1 prepare-model`)"),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="Open WebUI's port on 127.0.0.1"),
+    serve_port: int = typer.Option(0, "--serve-port", min=0, max=65535, help="`finr1 serve`'s port on 127.0.0.1 (0: a free one)"),
+    api_key: str = typer.Option(None, "--api-key", envvar="FINR1_SERVE_API_KEY", help="Key between Open WebUI and `finr1 serve` (default: a random one per start)"),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Reply length cap (Open WebUI's default model params)"),
+    data_dir: str = typer.Option(None, "--data-dir", help="Open WebUI's data (default: $FINR1_HOME/webui)"),
+    open_webui: str = typer.Option(None, "--open-webui", help="The open-webui executable (default: .venv-webui/bin/open-webui, as `make webui` installs it)"),
+) -> None:
+    """Open WebUI on 127.0.0.1 against `finr1 serve` of a model, until Ctrl-C/SIGTERM (single user, offline)."""
+    from flows.webui import WebUIError, run_webui
+
+    try:
+        run_webui(model, port=port, serve_port=serve_port, api_key=api_key, max_tokens=max_tokens, data_dir=data_dir,
+                  open_webui=open_webui, log=lambda m: print(m, flush=True))  # plain print: a URL must not wrap
+    except WebUIError as e:
         fail(str(e))
 # ---------------------------------------------------------------- end eval and serve
 train_app = typer.Typer(help="Train SFT or GRPO from a TRL recipe as its own job (accelerate launch); a re-run with the same --output resumes.", no_args_is_help=True)
