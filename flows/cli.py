@@ -308,7 +308,7 @@ def check_cmd(
 def eval_cmd(
     model: list[str] = typer.Option(..., "--model", help="NAME=PATH (local checkpoint, served for the duration) or NAME=URL#MODEL (key from $FINR1_EVAL_KEY_<NAME> or $OPENAI_API_KEY); repeatable"),
     benchmarks: str = typer.Option(",".join(("finqa", "convfinqa", "ant_finance", "tfns", "finance_instruct")), "--benchmarks", help="Comma-separated benchmark names (see finr1_core.eval.BENCHMARKS)"),
-    data: list[str] = typer.Option([], "--data", help="SOURCE=PATH: a benchmark (or source) read from any file/folder `finr1 ingest --path` accepts, local or s3://; repeatable"),
+    data: list[str] = typer.Option([], "--data", help="SOURCE=PATH: a finance benchmark (or source) from any file/folder `finr1 ingest --path` accepts, local or s3://; math500/aime24/ceval/ifeval: a local copy in its hub layout (docs/eval.md); repeatable"),
     limit: int = typer.Option(None, "--limit", min=1, help="Rows per benchmark"),
     out: str = typer.Option(..., "--out", help="Output URI (local or s3://): per-row cache, results.parquet, table.md/json, chart.png"),
     judge: str = typer.Option(None, "--judge", help="Answer judge for what rules cannot decide: PATH or URL#MODEL (none: undecided rows count as incorrect)"),

@@ -63,7 +63,7 @@ def test_bad_specs_fail_in_one_line(tmp_path):
         assert "\n" not in str(e.value)
     with pytest.raises(EvalError, match="unknown benchmark 'nope'"):
         run_eval(["a=http://127.0.0.1:9/v1#m"], "finqa,nope", DATA, 1, str(tmp_path))
-    with pytest.raises(EvalError, match="not a finance benchmark or source"):
+    with pytest.raises(EvalError, match="not a benchmark or source"):
         run_eval(["a=http://127.0.0.1:9/v1#m"], "finqa", {"nope": "x"}, 1, str(tmp_path))
     with pytest.raises(EvalError, match="benchmark finqa: cannot read"):
         run_eval(["a=http://127.0.0.1:9/v1#m"], "finqa", {"finqa": str(REPO / "data/samples/tfns")}, 1, str(tmp_path))

@@ -1,4 +1,5 @@
-"""The benchmark registry and the finance benchmarks' rows.
+"""The benchmark registry and the finance benchmarks' rows (the general benchmarks, kind
+``harness``, are read and scored by lm-evaluation-harness: :mod:`finr1_core.eval.harness`).
 
 A finance benchmark reads through the project's own source loaders (:mod:`finr1_core.sources`),
 so ``--data NAME=PATH`` accepts anything ``finr1 ingest --path`` accepts (a file or a folder, local
@@ -62,13 +63,14 @@ def parse_benchmarks(text: str | list) -> list[Benchmark]:
 
 
 def benchmark_for_data_key(key: str) -> Benchmark:
-    """``--data`` keys may name a benchmark (``ant_finance``) or one of its sources (``ant_finance_finr1eval``)."""
-    if key in BENCHMARKS and BENCHMARKS[key].kind == "finance":
+    """``--data`` keys may name a benchmark (``ant_finance``, ``math500``) or one of its sources (``ant_finance_finr1eval``).
+    A general (harness) benchmark's PATH is a local copy of its hub dataset (see :mod:`finr1_core.eval.harness`)."""
+    if key in BENCHMARKS:
         return BENCHMARKS[key]
     for b in BENCHMARKS.values():
         if key in b.sources:
             return b
-    raise EvalError(f"--data {key}=...: not a finance benchmark or source (known: {', '.join(b.name for b in BENCHMARKS.values() if b.kind == 'finance')})")
+    raise EvalError(f"--data {key}=...: not a benchmark or source (known: {', '.join(BENCHMARKS)})")
 
 
 def parse_data(specs: list[str]) -> dict[str, tuple[str, str]]:

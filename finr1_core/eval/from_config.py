@@ -84,11 +84,16 @@ def eval_from_config(cfg, checkpoints: dict[str, str], heldout: list[dict], out:
     """Evaluate ``checkpoints`` + ``cfg.eval.models`` on the held-out records and ``cfg.eval.benchmarks``."""
     rows = heldout_benchmarks(heldout, cfg.prompts, cfg.eval.max_rows)
     data = parse_data([f"{k}={v}" for k, v in cfg.eval.data.items()])
+    general = []  # the general benchmarks: planned and run by run_eval through lm-eval
     for name in cfg.eval.benchmarks:
         b = BENCHMARKS[name]
         key, path = data.get(name, (None, None))
+        if b.kind == "harness":
+            general.append(b)
+            continue
         rows[name] = load_benchmark_rows(b, path, cfg.eval.max_rows, key=key, prompts_cfg=cfg.prompts)
-    benches = [BENCHMARKS.get(n) or _bench_of(n) for n in rows]
-    return run_eval(targets_from_config(cfg, checkpoints, api_keys), benches, None, None, out,
+    benches = [BENCHMARKS.get(n) or _bench_of(n) for n in rows] + general
+    gdata = {b.name: data[b.name][1] for b in general if b.name in data}
+    return run_eval(targets_from_config(cfg, checkpoints, api_keys), benches, gdata, cfg.eval.max_rows if general else None, out,
                     judge=judge_from_config(cfg, api_keys), on_progress=on_progress, settings=settings_from_config(cfg),
                     serve=server_factory(cfg), reference=cfg.eval.reference, bench_rows=rows)

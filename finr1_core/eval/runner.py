@@ -24,6 +24,7 @@ from finr1_core.judge import AnswerJudge, run_sync
 from finr1_core.llm import Endpoint, LLMClient, Sampling
 from finr1_core.verify import verify
 
+from . import harness
 from .benchmarks import Benchmark, load_benchmark_rows, parse_benchmarks, parse_data
 from .cache import ResultCache, cache_key
 from .targets import EvalError, ModelTarget, parse_model_spec
@@ -163,6 +164,13 @@ def default_server(model: str | None = None):
     return ManagedServer(model, continuous_batching=False)
 
 
+def _key(t: ModelTarget, bname: str, info: dict, row_id: str, k: int, s: EvalSettings) -> str:
+    """A harness row's answer depends on the lm-eval task and its own sampling (no forced prefix)."""
+    if info.get("harness"):
+        return cache_key(t.identity(), bname, row_id, k, harness.sampling_key(bname, s), "")
+    return cache_key(t.identity(), bname, row_id, k, s.sampling_dict(), _prefix(t, s))
+
+
 def plan(targets: Sequence[ModelTarget], bench_rows: dict[str, dict], cache: ResultCache, s: EvalSettings) -> tuple[dict, dict]:
     """(pending items per target name, cached rows per target name) for every planned key."""
     pending: dict[str, list[dict]] = {}
@@ -173,13 +181,39 @@ def plan(targets: Sequence[ModelTarget], bench_rows: dict[str, dict], cache: Res
             have = cache.load(model_dir(t), bname)
             for r in info["rows"]:
                 for k in range(s.samples):
-                    key = cache_key(t.identity(), bname, r["row_id"], k, s.sampling_dict(), _prefix(t, s))
+                    key = _key(t, bname, info, r["row_id"], k, s)
                     hit = have.get(key)
                     if hit is not None and hit.get("scored_by") != "error":
                         cached[t.name].append(hit)
                     else:
-                        pending[t.name].append({**r, "benchmark": bname, "sample": k, "cache_key": key})
+                        pending[t.name].append({**r, "benchmark": bname, "sample": k, "cache_key": key, "harness": bool(info.get("harness"))})
     return pending, cached
+
+
+def _run_harness(t: ModelTarget, base_url: str, items: list[dict], rows: dict[str, dict], cache: ResultCache, s: EvalSettings,
+                 progress: Progress) -> None:
+    """The pending general-benchmark rows of one target through lm-eval; every (row, sample) comes
+    back and is cached, a failed request as ``scored_by="error"`` (incorrect, counted)."""
+    specs = {b: rows[b]["specs"] for b in {it["benchmark"] for it in items}}
+
+    def on_result(it: dict, rec: dict) -> None:
+        failed = rec.get("error") is not None
+        b = it["benchmark"]
+        cache.add(model_dir(t), b, {
+            "model": t.name, "target": t.identity(), "benchmark": b, "row_id": it["row_id"], "sample": it["sample"],
+            "source": rows[b]["source"], "question": rec.get("question") or it.get("question", ""), "gold": rec.get("gold"),
+            "answer_type": "harness", "output": rec.get("output", ""), "finish_reason": None, "completion_tokens": None,
+            "error": rec.get("error"), "judge_score": None, "judge_reply": None, "extracted": rec.get("extracted"),
+            "rule_verdict": None, "rule_reason": None, "verdict": "correct" if rec.get("correct") and not failed else "incorrect",
+            "scored_by": "error" if failed else "harness", "correct": bool(rec.get("correct")) and not failed, "judge_model": None,
+            "sampling": json.dumps(harness.sampling_key(b, s)), "cache_key": it["cache_key"], "harness_task": rec.get("task"),
+            "harness_metrics": json.dumps(rec.get("metrics") or {}, ensure_ascii=False),
+        })
+
+    try:
+        harness.run_items(t, base_url, items, specs, s, on_result, lambda failed: progress.step(t.name, failed))
+    finally:
+        cache.flush()
 
 
 def _judge_target(judge: ModelTarget | str | None) -> ModelTarget | None:
@@ -228,27 +262,32 @@ def run_eval(models: Sequence[ModelTarget | str], benchmarks: Sequence[str] | st
     if not targets or len(set(names)) != len(names):
         raise EvalError(f"--model: give at least one model, names unique (got {', '.join(names) or 'none'})")
     benches = parse_benchmarks(benchmarks)
-    harness = [b.name for b in benches if b.kind == "harness"]
-    if harness:
-        raise EvalError(f"--benchmarks: {', '.join(harness)} run through an external harness, which this build does not include (see docs/eval.md)")
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be >= 1 (got {limit})")
     data_map = parse_data([f"{k}={v}" for k, v in data.items()] if isinstance(data, dict) else list(data or []))
-    rows = bench_rows if bench_rows is not None else load_rows(benches, data_map, limit, prompts_cfg)
+    rows = dict(bench_rows) if bench_rows is not None else load_rows(benches, data_map, limit, prompts_cfg)
+    general = [b.name for b in benches if b.kind == "harness" and b.name not in rows]
+    if general:  # the general benchmarks' rows, as lm-eval's tasks load them (data included)
+        rows.update(harness.plan(general, data_map, limit))
     jt = _judge_target(judge)
     cache = ResultCache(out, s.flush_every)
     pending, cached = plan(targets, rows, cache, s)
     progress = Progress(sum(len(v) for v in pending.values()), on_progress)
     with contextlib.ExitStack() as stack:
         judge_url = None
-        if jt is not None and jt.is_local and any(pending.values()):
+        if jt is not None and jt.is_local and any(not it["harness"] for v in pending.values() for it in v):
             judge_url = stack.enter_context((serve or default_server)(jt.path)).base_url
         for t in targets:
             if not pending[t.name]:
                 continue
+            finance = [it for it in pending[t.name] if not it["harness"]]
+            general_items = [it for it in pending[t.name] if it["harness"]]
             with ((serve or default_server)(t.path) if t.is_local else contextlib.nullcontext(None)) as srv:
-                jc = _judge_client(jt, judge_url, s)
-                run_sync(_run_target(t, srv.base_url if t.is_local else t.base_url, pending[t.name], jc, cache, s, progress))
+                url = srv.base_url if t.is_local else t.base_url
+                if finance:
+                    run_sync(_run_target(t, url, finance, _judge_client(jt, judge_url, s), cache, s, progress))
+                if general_items:
+                    _run_harness(t, url, general_items, rows, cache, s, progress)
     done_rows = _collect(targets, rows, cache, s)
     table = build_table(done_rows, [b for b in benches if b.name in rows], [t.name for t in targets])
     md, uris = write_outputs(out, done_rows, table, reference=reference, judge=jt.request_model if jt else None)
@@ -264,7 +303,7 @@ def _collect(targets: Sequence[ModelTarget], rows: dict[str, dict], cache: Resul
             have = cache.load(model_dir(t), bname)
             for r in info["rows"]:
                 for k in range(s.samples):
-                    hit = have.get(cache_key(t.identity(), bname, r["row_id"], k, s.sampling_dict(), _prefix(t, s)))
+                    hit = have.get(_key(t, bname, info, r["row_id"], k, s))
                     if hit is not None:
                         out.append(hit)
     return out

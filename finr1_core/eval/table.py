@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from finr1_core.storage import join, storage_options_from_env
 
-from .benchmarks import Benchmark
+from .benchmarks import BENCHMARKS, Benchmark
 from .cache import write_atomic
 from .stats import wilson_ci
 
@@ -75,6 +75,9 @@ def to_markdown(table: dict, reference: bool = True, judge: str | None = None) -
         "A failed request counts as incorrect and is counted in 'Failed requests'.",
         "Scoring: rule verifier first, then " + (f"the answer judge ({judge})" if judge else "no judge (undecided rows count as incorrect)") + ".",
     ]
+    general = [b.label for b in BENCHMARKS.values() if b.kind == "harness" and b.label in cols]
+    if general:
+        notes.append(f"{', '.join(general)}: scored by lm-evaluation-harness 0.4.13's own scorers (docs/eval.md, General benchmarks).")
     if reference:
         notes.append("Rows in italics are Fin-R1's published numbers (its README), for reference; they are not measured here.")
     return "\n".join(lines + notes) + "\n"
@@ -117,8 +120,9 @@ def write_outputs(out: str, rows: Sequence[dict], table: dict, reference: bool =
     fs, _ = fsspec.core.url_to_fs(out, **storage_options_from_env(out))
     uris = {k: join(out, n) for k, n in (("rows", "results.parquet"), ("markdown", "table.md"), ("json", "table.json"), ("chart", "chart.png"))}
     md = to_markdown(table, reference, judge)
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # finance and harness rows: every column kept
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(list(rows)) if rows else pa.table({}), buf, compression="zstd")
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows]) if rows else pa.table({}), buf, compression="zstd")
     p = fs._strip_protocol
     write_atomic(fs, p(uris["rows"]), buf.getvalue())
     write_atomic(fs, p(uris["markdown"]), md.encode())
