@@ -208,7 +208,7 @@ class TrainStageConfig(_Strict):
     recipe: str = Field(description="TRL-style recipe YAML (configs/recipes/<model>/<method>.yaml)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Recipe fields replaced for this run (like --set key=value)")
     num_processes: int = Field(1, ge=1, description="Training processes (GPUs; CPU processes over gloo on a CPU host)")
-    launcher: Literal["accelerate", "ray"] = "accelerate"
+    launcher: Literal["accelerate", "ray"] = Field("accelerate", description="accelerate (accelerate launch) | ray (Ray Train TorchTrainer on RAY_ADDRESS or a local Ray)")
     accelerate_config: str | None = Field(None, description="Accelerate config (DeepSpeed ZeRO-3 in infra/accelerate/); null = plain DDP")
 
 

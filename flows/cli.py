@@ -385,7 +385,7 @@ def webui_cmd(
     except WebUIError as e:
         fail(str(e))
 # ---------------------------------------------------------------- end eval and serve
-train_app = typer.Typer(help="Train SFT or GRPO from a TRL recipe as its own job (accelerate launch); a re-run with the same --output resumes.", no_args_is_help=True)
+train_app = typer.Typer(help="Train SFT or GRPO from a TRL recipe as its own job (accelerate launch or Ray Train); a re-run with the same --output resumes.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
@@ -410,7 +410,7 @@ _TRAIN_OPTS = dict(
     data=typer.Option(None, "--data", help="Released dataset folder, Parquet path or hub id (default: the recipe's dataset)"),
     output=typer.Option(..., "--output", help="Local folder or s3:// URI; re-running with the same one resumes"),
     num_processes=typer.Option(1, "--num-processes", min=1, help="Training processes (GPUs, or CPU processes over gloo)"),
-    launcher=typer.Option("accelerate", "--launcher", help="accelerate (ray: not available yet)"),
+    launcher=typer.Option("accelerate", "--launcher", help="accelerate (accelerate launch; DeepSpeed configs) | ray (Ray Train TorchTrainer on RAY_ADDRESS or a local Ray)"),
     set_=typer.Option(None, "--set", help="Recipe field override, key=value (repeatable)"),
 )
 

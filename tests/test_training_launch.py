@@ -71,3 +71,32 @@ def test_killed_run_resumes_from_its_checkpoint(tiny, tmp_path):
     res = train("sft", RECIPE, data, str(out), overrides=dict(s.split("=", 1) for s in sets))
     assert res["resumed_from_step"] >= 3 and res["steps"] == 40
     assert res["steps_this_attempt"] == 40 - res["resumed_from_step"]
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "flows.cli", "train", *args], capture_output=True, text=True,
+                          env=job_env(), cwd=str(REPO_ROOT), timeout=timeout)
+
+
+def test_cli_trains_on_two_ray_train_workers(tiny, tmp_path):
+    """`finr1 train sft --launcher ray --num-processes 2`: Ray Train's TorchTrainer, two gloo ranks on a local Ray."""
+    model, data = tiny
+    out = tmp_path / "out"
+    p = _cli("sft", "--recipe", RECIPE, "--data", data, "--output", str(out), "--launcher", "ray", "--num-processes", "2",
+             "--set", f"model_name_or_path={model}", "--set", "max_steps=2", "--set", "per_device_train_batch_size=1",
+             "--set", "max_length=16", "--set", "log_rows=true")
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    summary = json.loads(p.stdout[p.stdout.rindex("{\n"):])
+    assert summary["steps"] == 2 and summary["train_loss"] > 0 and summary["output_uri"] == str(out)
+    seen = [set(json.loads(x)["text"] for x in (out / "rows_seen" / f"rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
+    assert len(seen[0]) == 2 and len(seen[1]) == 2 and not (seen[0] & seen[1]), seen
+    assert (out / "ray").is_dir()  # Ray Train's run folder sits beside the checkpoints
+    assert "RayTrainWorker" in p.stdout + p.stderr  # the workers' output streamed through the driver
+
+
+def test_cli_bad_recipe_field_and_launcher_are_one_line(tiny, tmp_path):
+    model, data = tiny
+    p = _cli("sft", "--recipe", RECIPE, "--data", data, "--output", str(tmp_path / "o"), "--set", "learning_rate=fast", timeout=120)
+    assert p.returncode != 0 and "invalid float value: 'fast'" in p.stderr + p.stdout and "Traceback" not in p.stderr + p.stdout
+    p = _cli("sft", "--recipe", RECIPE, "--data", data, "--output", str(tmp_path / "o"), "--launcher", "slurm", timeout=120)
+    assert p.returncode != 0 and "launcher: 'slurm' is not one of accelerate, ray" in p.stderr + p.stdout

@@ -80,7 +80,8 @@ def _launch(ctx: Context, method: str, rows: list[dict], init: str, **overrides)
     data = write_rows(rows, ctx.store.uri("models", f"{method}-data.parquet"))
     res = train(method, st.recipe, data, uri, num_processes=st.num_processes, launcher=st.launcher,
                 overrides={"model_name_or_path": init, "seed": cfg.train.seed, **overrides, **st.overrides},
-                on_line=ctx.options.get("on_line") or print, accelerate_config=st.accelerate_config)
+                on_line=ctx.options.get("on_line") or print, accelerate_config=st.accelerate_config,
+                ray_address=cfg.distill.ray_address)
     keep = ("steps", "train_loss", "resumed_from_step", "steps_this_attempt", "reward", "plot", "tensorboard", "checkpoint")
     info = {"hash": ctx.hash, "model": method, "path": str(local), "uri": uri, "init": init, "rows": len(rows),
             **{k: res.get(k) for k in keep}}

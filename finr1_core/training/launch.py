@@ -1,4 +1,4 @@
-"""Training as its own job: ``accelerate launch`` (or Ray Train) in a subprocess, streamed line by line.
+"""Training as its own job: ``accelerate launch`` or Ray Train's ``TorchTrainer``, in a subprocess streamed line by line.
 
 :func:`train` is what the pipeline's training stage and ``finr1 train`` call. Every output line of
 every rank goes to ``on_line`` (the Prefect task passes its logger); a failure raises
@@ -25,6 +25,9 @@ _ERROR_LINE = re.compile(r"(^finr1-train error:|\b\w*(Error|Exception)\b:?|Trace
 
 
 _LAUNCHER_NOISE = re.compile(r"Traceback|CalledProcessError|returned non-zero exit status|ChildFailedError|^\s*raise |^\s*File ")
+
+
+LAUNCHERS = ("accelerate", "ray")
 
 
 class TrainingFailed(RuntimeError):
@@ -55,6 +58,33 @@ def accelerate_command(method: str, args: list[str], num_processes: int, acceler
         if num_processes > 1:
             cmd += ["--multi_gpu"]  # torchrun-style launch; on a CPU host the ranks join over gloo
     return cmd + ["-m", "finr1_core.training", method, *args]
+
+
+def resolve_ray_address(configured: str | None) -> str | None:
+    """The Ray cluster a Ray Train job joins: the configured address, else ``RAY_ADDRESS``, else the
+    Ray this process already runs (the one distillation used); None starts a local Ray."""
+    if configured:
+        return configured
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            return ray.get_runtime_context().gcs_address
+        except Exception:  # a Ray Client connection has no GCS address here
+            return None
+    return None
+
+
+def ray_command(method: str, args: list[str], num_workers: int, storage: str, address: str | None = None) -> list[str]:
+    """Ray Train's ``TorchTrainer`` over ``num_workers`` ranks (GPUs when CUDA is here), on the cluster
+    at ``address`` or a local Ray (:mod:`finr1_core.training.ray_launch`)."""
+    cmd = [sys.executable, "-m", "finr1_core.training.ray_launch", "--num-workers", str(num_workers), "--storage", storage]
+    if address:
+        cmd += ["--address", address]
+    if _cuda():
+        cmd.append("--use-gpu")
+    return cmd + ["--", method, *args]
 
 
 def _stream(cmd: list[str], env: dict, on_line: Callable[[str], None]) -> tuple[int, str | None]:
@@ -103,13 +133,15 @@ def _wants_vllm_server(method: str, raw: dict, overrides: dict) -> bool:
 
 def train(method: str, recipe: str, data_uri: str | None, output_uri: str, num_processes: int = 1,
           launcher: str = "accelerate", overrides: dict | None = None, on_line: Callable[[str], None] = print,
-          accelerate_config: str | None = None) -> dict:
+          accelerate_config: str | None = None, ray_address: str | None = None) -> dict:
     """Run one training job to the end; returns its result (steps, final loss, reward-variance
     stats, checkpoint and plot paths). Raises TrainingFailed with the trainer's last error line."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     load_recipe(method, recipe, overrides, output_dir=str(checkpoints.local_dir(output_uri)))  # fail fast, one line
-    if launcher != "accelerate":
-        raise RecipeError(f"recipe error: launcher: {launcher!r} is not available (use accelerate)")
+    if launcher not in LAUNCHERS:
+        raise RecipeError(f"recipe error: launcher: {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if launcher == "ray" and accelerate_config:
+        raise RecipeError("recipe error: launcher: ray takes no accelerate config (DeepSpeed runs under accelerate launch)")
     args = ["--recipe", str(recipe), "--output", output_uri]
     if data_uri:
         args += ["--data", data_uri]
@@ -124,7 +156,11 @@ def train(method: str, recipe: str, data_uri: str | None, output_uri: str, num_p
         model = overrides.get("model_name_or_path") or read_yaml(recipe)["model_name_or_path"]
         server = start_vllm_server(model, port, on_line, gpu=str(n - 1) if n > 1 else None)
     try:
-        rc, last = _stream(accelerate_command(method, args, num_processes, accelerate_config), job_env(), on_line)
+        if launcher == "ray":
+            cmd = ray_command(method, args, num_processes, str(checkpoints.local_dir(output_uri) / "ray"), resolve_ray_address(ray_address))
+        else:
+            cmd = accelerate_command(method, args, num_processes, accelerate_config)
+        rc, last = _stream(cmd, job_env(), on_line)
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
