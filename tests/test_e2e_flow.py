@@ -80,7 +80,9 @@ def e2e(tmp_path_factory):
     c = load_config(REPO_ROOT / "configs" / "embedded.yaml", {"limit": 4})
     records, _ = ingest_sources(c.data.sources, c.limit)
     oracle = {build_prompt(r, c.prompts)["messages"][0]["content"]: r for r in records}
-    with JudgeServer(_scripted(oracle), models=("deepseek-r1-standin", "qwen72b-standin")) as srv:
+    with JudgeServer(_scripted(oracle), models=("deepseek-r1-standin", "qwen72b-standin", "fin-r1-endpoint")) as srv:
+        # beside the three served checkpoints, the eval stage asks one external endpoint (eval.models)
+        cfg["eval"]["models"] = [{"name": "ext", "base_url": srv.base_url, "model": "fin-r1-endpoint"}]
         cfg["teacher"].update(model="deepseek-r1-standin", tokenizer="${EMBEDDED_MODEL}",
                               endpoints=[{"name": "r1-standin", "base_url": srv.base_url}])
         cfg["judge"].update(model="qwen72b-standin", mode="chat", endpoints=[{"name": "judge-standin", "base_url": srv.base_url}])
@@ -145,11 +147,13 @@ def test_flow_completes_with_real_content(e2e):
 
     # the report has a row per model
     report = store.read_bytes(store.uri("report", "report.md")).decode()
-    for model in ("base", "sft", "grpo"):
+    for model in ("base", "sft", "grpo", "ext"):
         assert f"| {model} |" in report
     assert "FinQA" in report and "Average" in report
     summary = json.loads(store.read_bytes(store.uri("report", "summary.json")))
-    assert set(summary["accuracy"]) == {"base", "sft", "grpo"}
+    assert set(summary["accuracy"]) == {"base", "sft", "grpo", "ext"}
+    ext_reqs = [r["body"] for r in e2e["received"] if r["body"].get("model") == "fin-r1-endpoint"]
+    assert ext_reqs and all(b.get("messages") or b.get("prompt") for b in ext_reqs)  # the endpoint was really asked
     assert all(0.0 <= (v or 0.0) <= 1.0 for row in summary["accuracy"].values() for v in row.values())
 
 

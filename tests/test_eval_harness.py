@@ -126,6 +126,8 @@ def test_general_benchmarks_through_lm_eval(tmp_path):
         aime = [b for b in bodies if "Aya goes" in json.dumps(b)]
         assert [(b["temperature"], b["top_p"], b["seed"]) for b in aime] == [(0.6, 0.95, 1234), (0.6, 0.95, 1235)]
         assert all(b["max_tokens"] == 256 for b in bodies)
+        # IFEval and CEval stop on nothing: no empty "stop" list (transformers serve answers it with a 500)
+        assert all(b.get("stop") != [] for b in bodies) and any("stop" not in b for b in bodies)
         assert {b["temperature"] for b in bodies if "Aya goes" not in json.dumps(b) and "Find $xy$" not in json.dumps(b) and "x^4y^3z^2" not in json.dumps(b)} == {0.0}
 
         a2 = res2.table["models"]["ext"]["AIME 2024"]

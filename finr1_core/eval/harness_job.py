@@ -137,6 +137,12 @@ def _model_class():
         def _retry(self):
             return retry(stop=stop_after_attempt(self.max_retries), wait=wait_exponential(multiplier=0.5, min=1, max=10), reraise=True)
 
+        def _create_payload(self, *args, **kwargs):
+            payload = super()._create_payload(*args, **kwargs)
+            if not payload.get("stop"):  # tasks with `until: []` (IFEval, CEval): `"stop": []` is a 500 on transformers serve
+                payload.pop("stop", None)
+            return payload
+
         @property
         def api_key(self):
             return os.environ.get("FINR1_HARNESS_API_KEY", "")
