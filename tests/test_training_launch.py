@@ -54,7 +54,10 @@ def test_two_processes_see_different_rows(tiny, tmp_path):
 def test_killed_run_resumes_from_its_checkpoint(tiny, tmp_path):
     model, data = tiny
     out = tmp_path / "out"
-    sets = ["model_name_or_path=" + model, "max_steps=40", "save_steps=3", "per_device_train_batch_size=1", "max_length=16"]
+    # save_total_limit: the recipe keeps 2 checkpoints, and on a quick machine checkpoint-3 was rotated out
+    # before the poll below saw it (the job then ran to the end un-killed)
+    sets = ["model_name_or_path=" + model, "max_steps=40", "save_steps=3", "save_total_limit=100", "per_device_train_batch_size=1",
+            "max_length=16"]
     cmd = [sys.executable, "-m", "finr1_core.training", "sft", "--recipe", RECIPE, "--data", data, "--output", str(out)]
     for s in sets:
         cmd += ["--set", s]
@@ -63,9 +66,10 @@ def test_killed_run_resumes_from_its_checkpoint(tiny, tmp_path):
         deadline = time.time() + 240
         while not (out / "checkpoint-3" / "trainer_state.json").exists():
             assert p.poll() is None and time.time() < deadline, "no checkpoint before the job ended"
-            time.sleep(0.2)
+            time.sleep(0.05)
     finally:
-        os.killpg(p.pid, signal.SIGKILL)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     assert not (out / "train_result.json").exists()  # it really died mid-run
     res = train("sft", RECIPE, data, str(out), overrides=dict(s.split("=", 1) for s in sets))
