@@ -178,3 +178,19 @@ def test_without_data_the_hub_is_named_in_one_line(tmp_path):
     err = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "benchmark aime24: cannot load its data" in err[0] and "--data aime24=PATH" in err[0], p.stderr[-1500:]
     assert "Traceback" not in p.stderr and "OfflineModeIsEnabled" in err[0]
+
+
+@pytest.mark.heavy  # a few minutes on this CPU: the embedded model served by transformers serve
+def test_general_benchmarks_against_the_served_embedded_model(tmp_path):
+    """The real server, not the scripted one: IFEval and CEval stop on nothing, and `transformers
+    serve` answered lm-eval's `"stop": []` with a 500 until the model class dropped it."""
+    from finr1_core.config import embedded_model_dir
+
+    model = f"smollm2-135m={embedded_model_dir()}"
+    res = run_eval([model], "ceval,ifeval,math500", DATA, 1, str(tmp_path / "out"),
+                   settings=_settings(samples=1, sampling=Sampling(0.0, 1.0, 16), max_retries=1, timeout_s=300, max_concurrency=1))
+    rows = res.rows
+    assert len(rows) == 3 and {r["benchmark"] for r in rows} == {"ceval", "ifeval", "math500"}
+    assert [r["error"] for r in rows if r["scored_by"] == "error"] == []  # every request answered
+    assert all(r["scored_by"] == "harness" and r["output"] for r in rows)
+    assert res.table["models"]["smollm2-135m"]["IFEval"]["n"] == 1
