@@ -83,6 +83,7 @@ def _repair_and_assert_whole(w, store: Store, clean_keys: set[str], paid: Counte
     assert store.stage_manifest("scored")["rows"] == len(clean_keys)
 
 
+@pytest.mark.heavy  # ~70 s; the mid-run case below repairs the same way, and test_storage checks `finr1 check`'s lines
 def test_lost_shards_after_the_run_are_found_and_rebuilt_for_free(world):
     w = world
     first = _finr1(["run", "--config", w["config"], "--storage", w["storage"], "--run-id", "i1", "--stop-after", "score"], w["env"])
