@@ -21,6 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def repo_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child ``python -m finr1_core...`` / ``-m flows...``: the
+    repository first on ``PYTHONPATH``, plus ``extra``."""
+    path = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def finr1_home() -> Path:
     return Path(os.environ.get("FINR1_HOME", Path.home() / ".cache" / "finr1")).expanduser()
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from finr1_core.config import REPO_ROOT, embedded_model_dir, finr1_home
+from finr1_core.config import REPO_ROOT, embedded_model_dir, finr1_home, repo_env
 from finr1_core.serving import ManagedServer, ServerError, check_model_dir, free_port
 
 DEFAULT_OPEN_WEBUI = REPO_ROOT / ".venv-webui" / "bin" / "open-webui"
@@ -166,8 +166,7 @@ class WebUIStack:
         _check_port_free(self.port, "--port (Open WebUI)")
         _check_port_free(self.serve_port, "--serve-port (finr1 serve)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        serve_env = dict(os.environ, FINR1_SERVE_API_KEY=self.api_key, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        serve_env = repo_env(FINR1_SERVE_API_KEY=self.api_key, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         serve_cmd = [sys.executable, "-m", "flows.cli", "serve", self.model, "--host", "127.0.0.1", "--port", str(self.serve_port),
                      "--log", self.model_server_log]
         # `finr1 serve` stops its own model server on SIGTERM: give it time before SIGKILL

@@ -14,7 +14,6 @@ folder); without it the task keeps its hub dataset, which fails offline in one l
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,9 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from finr1_core.config import finr1_home, repo_env
+
 from .targets import EvalError
 
-HARNESS_BENCHMARKS = ("math500", "aime24", "ceval", "ifeval")
 # lm-eval task family (what the cache key and each row name) and the hub dataset it reads
 TASK = {"math500": "minerva_math500", "aime24": "aime24", "ceval": "ceval-valid-gen", "ifeval": "ifeval"}
 HUB = {"math500": "HuggingFaceH4/MATH-500", "aime24": "Maxwell-Jia/AIME_2024", "ceval": "ceval/ceval-exam", "ifeval": "google/IFEval"}
@@ -106,8 +106,6 @@ def _gen(bench: str, s) -> dict:
 
 
 def nltk_data_dir() -> Path:
-    from finr1_core.config import finr1_home
-
     return finr1_home() / "nltk_data"
 
 
@@ -117,9 +115,7 @@ def _run_job(job: dict, on_line: Callable[[dict], None] | None = None, extra_env
     with tempfile.TemporaryDirectory(prefix="finr1-harness-") as tmp:
         jp, op, lp = Path(tmp, "job.json"), Path(tmp, "out.json"), Path(tmp, "stderr.log")
         jp.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                   TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1", **(extra_env or {}))
+        env = repo_env(TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1", **(extra_env or {}))
         with open(lp, "wb") as err:
             proc = subprocess.Popen([sys.executable, "-m", "finr1_core.eval.harness_job", str(jp), str(op)], stdout=subprocess.PIPE,
                                     stderr=err, env=env, text=True, start_new_session=True)

@@ -15,6 +15,7 @@ Measured against flex attention, the previous pick for packed rows, in
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 
@@ -61,10 +62,16 @@ def _boundaries(position_ids, batch: int, seq: int, device):
     return out
 
 
-def _kernel_kwargs(scaling: float | None, gqa: bool) -> dict:
+@functools.cache
+def _kernel_params() -> frozenset[str]:
+    """The installed ``varlen_attn``'s keyword names (causal masking and GQA are spelled differently across 2.10-2.12)."""
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _kernel_kwargs(scaling: float | None, gqa: bool) -> dict:
+    params = _kernel_params()
     kw = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
     if scaling is not None and "scale" in params:
         kw["scale"] = scaling

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import Callable
 
-from finr1_core.config import REPO_ROOT
+from finr1_core.config import REPO_ROOT, repo_env
 from finr1_core.training import checkpoints
 from finr1_core.training.recipes import RecipeError, load_recipe, parse_set, read_yaml
 from finr1_core.training.runner import RESULT_FILE
@@ -108,10 +108,8 @@ def _stream(cmd: list[str], env: dict, on_line: Callable[[str], None]) -> tuple[
 
 
 def job_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env = repo_env(PYTHONUNBUFFERED="1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
