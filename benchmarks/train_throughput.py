@@ -43,13 +43,13 @@ def qwen_config(size: str, vocab: int):
                        rms_norm_eps=1e-6, **SHAPES[size])
 
 
-def tokenizer_dir(path: Path) -> Path:
-    """A small word-level tokenizer with a ChatML template (pad/eos only matter: rows are token ids)."""
+def tokenizer_dir(path: Path, n_words: int = 200) -> Path:
+    """A word-level tokenizer (``n_words`` words w0, w1, ...) with a ChatML template (pad/eos only matter: rows are token ids)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = ["<pad>", "<unk>", "<|im_end|>", "<|im_start|>", "<think>", "</think>", "user", "assistant", "system"]
-    words += [f"w{i}" for i in range(200)] + list("0123456789") + ["\\boxed{", "}", "\n"]
+    words += [f"w{i}" for i in range(n_words)] + list("0123456789") + ["\\boxed{", "}", "\n"]
     vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

@@ -389,7 +389,8 @@ train_app = typer.Typer(help="Train SFT or GRPO from a TRL recipe as its own job
 app.add_typer(train_app, name="train")
 
 
-def _train_cmd(method: str, recipe: str, data: str | None, output: str, num_processes: int, launcher: str, set_: list[str] | None) -> None:
+def _train_cmd(method: str, recipe: str, data: str | None, output: str, num_processes: int | None, launcher: str, set_: list[str] | None,
+               accelerate_config: str | None) -> None:
     import json
 
     from finr1_core.training.data import DataError
@@ -398,19 +399,22 @@ def _train_cmd(method: str, recipe: str, data: str | None, output: str, num_proc
 
     try:
         res = train_cli(method, recipe, data, output, num_processes, launcher, set_ or [],
-                        on_line=lambda m: console.print(m, highlight=False, markup=False))
+                        on_line=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True),  # one log line stays one line
+                        accelerate_config=accelerate_config)
     except (RecipeError, DataError, TrainingFailed) as e:
         fail(str(e))
-    keep = ("method", "steps", "train_loss", "resumed_from_step", "steps_this_attempt", "reward", "checkpoint", "plot", "tensorboard", "output_uri")
-    console.print(json.dumps({k: res.get(k) for k in keep}, indent=2, default=str), highlight=False, markup=False)
+    keep = ("method", "steps", "train_loss", "resumed_from_step", "steps_this_attempt", "reward", "engine", "peak_memory_gib", "checkpoint", "plot",
+            "tensorboard", "output_uri")
+    console.print(json.dumps({k: res.get(k) for k in keep}, indent=2, default=str), highlight=False, markup=False, soft_wrap=True)
 
 
 _TRAIN_OPTS = dict(
     recipe=typer.Option(..., "--recipe", help="TRL recipe YAML (configs/recipes/<model>/<method>.yaml)"),
     data=typer.Option(None, "--data", help="Released dataset folder, Parquet path or hub id (default: the recipe's dataset)"),
     output=typer.Option(..., "--output", help="Local folder or s3:// URI; re-running with the same one resumes"),
-    num_processes=typer.Option(1, "--num-processes", min=1, help="Training processes (GPUs, or CPU processes over gloo)"),
-    launcher=typer.Option("accelerate", "--launcher", help="accelerate (accelerate launch; DeepSpeed configs) | ray (Ray Train TorchTrainer on RAY_ADDRESS or a local Ray)"),
+    num_processes=typer.Option(None, "--num-processes", min=1, help="Training processes (GPUs, or CPU processes over gloo); default 1, or the accelerate config's own count"),
+    launcher=typer.Option("accelerate", "--launcher", help="accelerate (accelerate launch) | ray (Ray Train TorchTrainer on RAY_ADDRESS or a local Ray)"),
+    accelerate_config=typer.Option(None, "--accelerate-config", help="Accelerate config file for accelerate launch, e.g. DeepSpeed ZeRO-3: infra/accelerate/zero3-single-node.yaml (the pipeline's train.<method>.accelerate_config)"),
     set_=typer.Option(None, "--set", help="Recipe field override, key=value (repeatable)"),
 )
 
@@ -418,17 +422,17 @@ _TRAIN_OPTS = dict(
 @train_app.command("sft")
 def train_sft_cmd(recipe: str = _TRAIN_OPTS["recipe"], data: str = _TRAIN_OPTS["data"], output: str = _TRAIN_OPTS["output"],
                   num_processes: int = _TRAIN_OPTS["num_processes"], launcher: str = _TRAIN_OPTS["launcher"],
-                  set_: list[str] = _TRAIN_OPTS["set_"]) -> None:
+                  set_: list[str] = _TRAIN_OPTS["set_"], accelerate_config: str = _TRAIN_OPTS["accelerate_config"]) -> None:
     """Supervised fine-tuning from a recipe."""
-    _train_cmd("sft", recipe, data, output, num_processes, launcher, set_)
+    _train_cmd("sft", recipe, data, output, num_processes, launcher, set_, accelerate_config)
 
 
 @train_app.command("grpo")
 def train_grpo_cmd(recipe: str = _TRAIN_OPTS["recipe"], data: str = _TRAIN_OPTS["data"], output: str = _TRAIN_OPTS["output"],
                    num_processes: int = _TRAIN_OPTS["num_processes"], launcher: str = _TRAIN_OPTS["launcher"],
-                   set_: list[str] = _TRAIN_OPTS["set_"]) -> None:
+                   set_: list[str] = _TRAIN_OPTS["set_"], accelerate_config: str = _TRAIN_OPTS["accelerate_config"]) -> None:
     """GRPO from a recipe (rewards named in the recipe)."""
-    _train_cmd("grpo", recipe, data, output, num_processes, launcher, set_)
+    _train_cmd("grpo", recipe, data, output, num_processes, launcher, set_, accelerate_config)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -104,3 +104,60 @@ def test_cli_bad_recipe_field_and_launcher_are_one_line(tiny, tmp_path):
     assert p.returncode != 0 and "invalid float value: 'fast'" in p.stderr + p.stdout and "Traceback" not in p.stderr + p.stdout
     p = _cli("sft", "--recipe", RECIPE, "--data", data, "--output", str(tmp_path / "o"), "--launcher", "slurm", timeout=120)
     assert p.returncode != 0 and "launcher: 'slurm' is not one of accelerate, ray" in p.stderr + p.stdout
+
+
+def test_cli_passes_the_accelerate_config_through(tiny, tmp_path):
+    """``finr1 train --accelerate-config FILE`` runs accelerate launch with that file: two processes come
+    from the file alone (no --num-processes; torchrun-style, the ranks join over gloo on a CPU host),
+    and the job's engine line says so."""
+    model, data = tiny
+    cfg = tmp_path / "two-cpu.yaml"
+    cfg.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\nmachine_rank: 0\n"
+                   "num_processes: 2\nmixed_precision: 'no'\n")
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "sft", "--recipe", RECIPE, "--data", data, "--output", str(tmp_path / "out"),
+                        "--accelerate-config", str(cfg), "--set", f"model_name_or_path={model}", "--set", "max_steps=2",
+                        "--set", "per_device_train_batch_size=1", "--set", "max_length=16"],
+                       capture_output=True, text=True, env=job_env(), timeout=600, cwd=str(REPO_ROOT))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    engine = [json.loads(line.split("finr1-train ", 1)[1]) for line in r.stdout.splitlines() if '"event": "engine"' in line]
+    assert len(engine) == 1, r.stdout[-3000:]  # rank 0 alone prints it
+    assert engine[0]["distributed_type"] == "MULTI_CPU" and engine[0]["processes"] == 2 and engine[0]["device"].startswith("cpu")
+    result = json.loads(r.stdout[r.stdout.rindex("\n{"):])
+    assert result["steps"] == 2 and result["engine"]["processes"] == 2 and result["peak_memory_gib"] is None  # no GPU here
+
+
+def test_cli_bad_accelerate_config_is_one_line(tiny, tmp_path):
+    model, data = tiny
+    base = [sys.executable, "-m", "flows.cli", "train", "sft", "--recipe", RECIPE, "--data", data, "--output", str(tmp_path / "o")]
+    bad = tmp_path / "ds.yaml"
+    bad.write_text("distributed_type: DEEPSPEED\ndeepspeed_config:\n  deepspeed_config_file: no/such/zero3.json\n")
+    cases = [(str(tmp_path / "missing.yaml"), f"recipe error: file not found: {tmp_path / 'missing.yaml'}"),
+             (str(tmp_path), f"recipe error: accelerate_config: {tmp_path} is a directory, not a config file"),
+             (str(bad), f"recipe error: accelerate_config: {bad} names deepspeed_config_file no/such/zero3.json, which is not a file")]
+    for path, expected in cases:
+        r = subprocess.run(base + ["--accelerate-config", path], capture_output=True, text=True, env=job_env(), timeout=300, cwd=str(REPO_ROOT))
+        assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout
+        assert expected in (r.stderr + r.stdout).strip().splitlines()[-1], (r.stdout, r.stderr)
+
+
+def test_compiled_grpo_sizes_its_static_cache_once(tiny, tmp_path):
+    """generation_fallback: compiled gives one static KV cache for the longest prompt + the completion
+    cap, so a new prompt length never recompiles the decode."""
+    from transformers import AutoTokenizer
+
+    from finr1_core.training.grpo import build_grpo_trainer
+    from finr1_core.training.recipes import load_recipe
+
+    model, _ = tiny
+    tok = AutoTokenizer.from_pretrained(model)
+    rows = [{"messages": [{"role": "user", "content": " ".join(f"w{j}" for j in range(n))}], "answer": "1", "answer_type": "numeric"}
+            for n in (3, 40, 12)]
+    recipe = load_recipe("grpo", REPO_ROOT / "configs/recipes/smollm2-135m/grpo.yaml",
+                         {"model_name_or_path": model, "max_completion_length": 24, "cache_implementation": "static",
+                          "generation_fallback": "compiled", "num_generations": 2, "per_device_train_batch_size": 2,
+                          "generation_kwargs": '{"top_k": 7}'}, output_dir=str(tmp_path / "g"))
+    trainer, tok, n = build_grpo_trainer(recipe, rows)
+    longest = max(len(tok(tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True) + "<think>\n",
+                          add_special_tokens=False)["input_ids"]) for r in rows)
+    assert trainer.generation_config.max_cache_len == longest + 24 and longest > 40
+    assert trainer.generation_config.top_k == 7 and trainer.generation_config.disable_compile is False

@@ -82,7 +82,7 @@ def _launch(ctx: Context, method: str, rows: list[dict], init: str, **overrides)
                 overrides={"model_name_or_path": init, "seed": cfg.train.seed, **overrides, **st.overrides},
                 on_line=ctx.options.get("on_line") or print, accelerate_config=st.accelerate_config,
                 ray_address=cfg.distill.ray_address)
-    keep = ("steps", "train_loss", "resumed_from_step", "steps_this_attempt", "reward", "plot", "tensorboard", "checkpoint")
+    keep = ("steps", "train_loss", "resumed_from_step", "steps_this_attempt", "reward", "engine", "peak_memory_gib", "plot", "tensorboard", "checkpoint")
     info = {"hash": ctx.hash, "model": method, "path": str(local), "uri": uri, "init": init, "rows": len(rows),
             **{k: res.get(k) for k in keep}}
     return _finish(cfg, local, uri, info)

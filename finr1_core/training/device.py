@@ -61,8 +61,6 @@ def adapt_to_device(raw: dict, method: str, cuda: bool | None = None) -> list[st
         setv("use_cpu", True, "no GPU")
     else:
         raw.setdefault("dtype", "bfloat16")
-        if raw.get("use_liger_kernel") and not has("liger_kernel"):
-            setv("use_liger_kernel", False, "liger-kernel not installed")
         if method == "grpo" and raw.get("use_vllm") and not has("vllm"):
             setv("use_vllm", False, "vLLM not installed")
         if method == "grpo" and not raw.get("use_vllm"):
@@ -71,6 +69,14 @@ def adapt_to_device(raw: dict, method: str, cuda: bool | None = None) -> list[st
                 setv("use_transformers_continuous_batching", True, "generation_fallback: paged")
             elif fallback == "compiled":
                 setv("cache_implementation", "static", "generation_fallback: compiled (decode compiled by transformers)")
+                if raw.get("use_liger_kernel"):
+                    # Liger patches the model's layers with Triton kernels that dynamo cannot trace: each
+                    # layer graph-breaks, recompiles on its layer index until the recompile limit, and the
+                    # decode runs eager (no faster than `generate`). GRPO's loss memory does not need Liger:
+                    # TRL computes the log-probs in chunks through its own fused LM head.
+                    setv("use_liger_kernel", False, "its layer kernels stop the compiled decode; TRL's chunked LM head keeps the loss memory low")
+        if raw.get("use_liger_kernel") and not has("liger_kernel"):
+            setv("use_liger_kernel", False, "liger-kernel not installed")
     if raw["attn_implementation"] == attention.NAME:
         attention.register()
     mik = dict(raw.get("model_init_kwargs") or {})

@@ -7,6 +7,7 @@ resumes from the last complete checkpoint.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -46,18 +47,37 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def accelerate_command(method: str, args: list[str], num_processes: int, accelerate_config: str | None) -> list[str]:
-    """``accelerate launch`` for ``python -m finr1_core.training``: DeepSpeed from a config file, DDP on
-    GPUs, or N CPU processes over gloo on a CPU host."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--main_process_port", str(free_port())]
+def accelerate_command(method: str, args: list[str], num_processes: int | None, accelerate_config: str | None) -> list[str]:
+    """``accelerate launch`` for ``python -m finr1_core.training``: DeepSpeed (or any accelerate set-up)
+    from a config file, DDP on GPUs, or N CPU processes over gloo on a CPU host.
+
+    With a config file, ``num_processes=None`` keeps the file's own process count; a number overrides it.
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port())]
     if accelerate_config:
         cmd += ["--config_file", accelerate_config]
+        if num_processes is not None:
+            cmd += ["--num_processes", str(num_processes)]
     else:
-        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        num_processes = num_processes or 1
+        cmd += ["--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         if num_processes > 1:
             cmd += ["--multi_gpu"]  # torchrun-style launch; on a CPU host the ranks join over gloo
     return cmd + ["-m", "finr1_core.training", method, *args]
+
+
+def check_accelerate_config(path: str | None) -> None:
+    """One line, before anything starts, when the accelerate config cannot be used."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise RecipeError(f"recipe error: accelerate_config: {path} is a directory, not a config file")
+    cfg = read_yaml(path)
+    ds_file = (cfg.get("deepspeed_config") or {}).get("deepspeed_config_file")
+    if ds_file and not (os.path.isfile(ds_file) or (REPO_ROOT / ds_file).is_file()):
+        raise RecipeError(f"recipe error: accelerate_config: {path} names deepspeed_config_file {ds_file}, which is not a file")
+    if cfg.get("distributed_type") == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise RecipeError(f"recipe error: accelerate_config: {path} runs DeepSpeed, which is not installed (the gpu extra: pip install -e '.[gpu]')")
 
 
 def resolve_ray_address(configured: str | None) -> str | None:
@@ -129,7 +149,7 @@ def _wants_vllm_server(method: str, raw: dict, overrides: dict) -> bool:
     return method == "grpo" and use and merged.get("vllm_mode", "colocate") == "server" and _cuda()
 
 
-def train(method: str, recipe: str, data_uri: str | None, output_uri: str, num_processes: int = 1,
+def train(method: str, recipe: str, data_uri: str | None, output_uri: str, num_processes: int | None = None,
           launcher: str = "accelerate", overrides: dict | None = None, on_line: Callable[[str], None] = print,
           accelerate_config: str | None = None, ray_address: str | None = None) -> dict:
     """Run one training job to the end; returns its result (steps, final loss, reward-variance
@@ -140,6 +160,7 @@ def train(method: str, recipe: str, data_uri: str | None, output_uri: str, num_p
         raise RecipeError(f"recipe error: launcher: {launcher!r} is not one of {', '.join(LAUNCHERS)}")
     if launcher == "ray" and accelerate_config:
         raise RecipeError("recipe error: launcher: ray takes no accelerate config (DeepSpeed runs under accelerate launch)")
+    check_accelerate_config(accelerate_config)
     args = ["--recipe", str(recipe), "--output", output_uri]
     if data_uri:
         args += ["--data", data_uri]
@@ -155,7 +176,7 @@ def train(method: str, recipe: str, data_uri: str | None, output_uri: str, num_p
         server = start_vllm_server(model, port, on_line, gpu=str(n - 1) if n > 1 else None)
     try:
         if launcher == "ray":
-            cmd = ray_command(method, args, num_processes, str(checkpoints.local_dir(output_uri) / "ray"), resolve_ray_address(ray_address))
+            cmd = ray_command(method, args, num_processes or 1, str(checkpoints.local_dir(output_uri) / "ray"), resolve_ray_address(ray_address))
         else:
             cmd = accelerate_command(method, args, num_processes, accelerate_config)
         rc, last = _stream(cmd, job_env(), on_line)
@@ -176,7 +197,8 @@ def read_result(output_uri: str) -> dict:
     return res
 
 
-def train_cli(method: str, recipe: str, data_uri: str | None, output_uri: str, num_processes: int, launcher: str,
-              set_items: list[str], on_line: Callable[[str], None] = print) -> dict:
-    """``finr1 train``: the same :func:`train` with ``--set key=value`` items."""
-    return train(method, recipe, data_uri, output_uri, num_processes, launcher, parse_set(set_items), on_line)
+def train_cli(method: str, recipe: str, data_uri: str | None, output_uri: str, num_processes: int | None, launcher: str,
+              set_items: list[str], on_line: Callable[[str], None] = print, accelerate_config: str | None = None) -> dict:
+    """``finr1 train``: the same :func:`train` with ``--set key=value`` items and ``--accelerate-config``."""
+    return train(method, recipe, data_uri, output_uri, num_processes, launcher, parse_set(set_items), on_line,
+                 accelerate_config=accelerate_config)

@@ -27,9 +27,41 @@ class TrainResult:
     reward: dict = field(default_factory=dict)
     plot: str | None = None
     adapted: list = field(default_factory=list)
+    engine: dict = field(default_factory=dict)
+    peak_memory_gib: float | None = None
+    step_seconds: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def engine_summary(accelerator, model) -> dict:
+    """What really runs the job, read from the prepared trainer: the accelerate set-up, the DeepSpeed
+    ZeRO stage and, under ZeRO-3, how many parameters this rank holds (a partitioned model holds a
+    shard). Printed as the job's ``engine`` line, so that a run proves which engine it used."""
+    st = accelerator.state
+    info = {"distributed_type": getattr(st.distributed_type, "value", str(st.distributed_type)),
+            "processes": accelerator.num_processes, "mixed_precision": str(st.mixed_precision), "device": str(accelerator.device)}
+    plugin = getattr(st, "deepspeed_plugin", None)
+    if plugin is not None:
+        info["zero_stage"] = plugin.zero_stage
+        params = list(model.parameters()) if model is not None else []
+        ds = [p for p in params if hasattr(p, "ds_numel")]
+        if ds:  # ZeRO-3: every parameter is a placeholder plus this rank's partition
+            info["params_total"] = sum(p.ds_numel for p in ds)
+            info["params_on_this_rank"] = sum(p.ds_tensor.numel() for p in ds)
+        else:
+            info["params_total"] = info["params_on_this_rank"] = sum(p.numel() for p in params)
+    return info
+
+
+def peak_memory_gib() -> float | None:
+    """Peak GPU memory allocated by this process (None on a CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
 def make_callback(remote_uri: str | None):
@@ -41,12 +73,25 @@ def make_callback(remote_uri: str | None):
         def __init__(self):
             self.first_step = None
             self.steps = 0
+            self.engine: dict = {}
+            self.accelerator = None
+            self.step_seconds: list[float] = []
+            self._t = None
 
         def on_train_begin(self, args, state, control, **kw):
             self.first_step = state.global_step
+            if self.accelerator is not None:  # the model is prepared (wrapped, partitioned) by now
+                self.engine = engine_summary(self.accelerator, kw.get("model"))
+                if state.is_world_process_zero:
+                    print(tracking.progress_line("engine", **self.engine), flush=True)
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             self.steps += 1
+            if self._t is not None:  # wall seconds of each optimizer step (generation included for GRPO)
+                self.step_seconds.append(round(time.perf_counter() - self._t, 4))
 
         def on_log(self, args, state, control, logs=None, **kw):
             if state.is_world_process_zero and logs:
@@ -98,6 +143,7 @@ def train_and_save(method: str, trainer, tok, rows: int, remote_uri: str | None,
     t0 = time.time()
     output_dir = Path(trainer.args.output_dir)
     cb = make_callback(remote_uri)
+    cb.accelerator = trainer.accelerator
     trainer.add_callback(cb)
     resume = checkpoints.last_checkpoint(output_dir)
     if resume is not None:
@@ -107,7 +153,8 @@ def train_and_save(method: str, trainer, tok, rows: int, remote_uri: str | None,
     hist = trainer.state.log_history
     res = TrainResult(method, str(output_dir), out.global_step, out.training_loss, rows, round(time.time() - t0, 2),
                       resumed_from_step=cb.first_step or 0, steps_this_attempt=cb.steps, log_history=hist,
-                      reward=tracking.reward_stats(hist) if method == "grpo" else {}, adapted=adapted)
+                      reward=tracking.reward_stats(hist) if method == "grpo" else {}, adapted=adapted, engine=cb.engine,
+                      peak_memory_gib=peak_memory_gib(), step_seconds=cb.step_seconds)
     if trainer.accelerator.is_main_process:
         res.plot = tracking.plot_curves(hist, output_dir / "curves.png", title=f"{method} {output_dir.name}")
         (output_dir / RESULT_FILE).write_text(json.dumps(res.to_dict(), indent=2, default=str))
