@@ -261,6 +261,30 @@ def run_size(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, quic
     return rows
 
 
+def run_interleaved(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, rounds: int = 2) -> list[dict]:
+    """plain, SFT recipe, plain, SFT recipe, ..., plain: the baseline on both sides of every SFT
+    measurement, so clock drift shows; each SFT row is compared with the mean of its two neighbours."""
+    n = n_params(size, vocab)
+    mdir = model_dir(size, vocab, root)
+    label, attn, liger = sft_variants(cuda, quick=True)[0]
+    rows = []
+    for i in range(2 * rounds + 1):
+        if i % 2 == 0:
+            r = {"size": size, "setting": f"plain dense loop, full {seq} rows (#{i // 2 + 1})", **plain_loop(size, vocab, batch, seq, steps, warmup, cuda)}
+        else:
+            r = {"size": size, "setting": f"{label} (#{i // 2 + 1})", **_sft_row(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root)}
+        rows.append(r)
+        log(r)
+    for i, r in enumerate(rows):
+        r["mfu"] = mfu(r["tok_s"], n)
+        r["params"] = n
+        if i % 2 == 1:
+            r["vs_plain"] = r["tok_s"] / ((rows[i - 1]["tok_s"] + rows[i + 1]["tok_s"]) / 2)
+        else:
+            r["vs_plain"] = 1.0
+    return rows
+
+
 def run_generation(size, vocab, cuda, new_tokens, log) -> list[dict]:
     """Today's path, then the project's GRPO generation without vLLM (``generation_fallback: compiled``:
     bf16, static cache, compiled decode) at the production recipe's generation batch (8 x 4 = 32) and 64."""
@@ -308,6 +332,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-train", action="store_true", help="only the GRPO generation figures")
     ap.add_argument("--gen-size", default=None, help="model size for the GRPO generation figures (default: the first size)")
     ap.add_argument("--quick", action="store_true", help="only the recipe's SFT variant and its no-Liger twin")
+    ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                    help="plain, SFT recipe, plain, ... (ROUNDS SFT runs between ROUNDS+1 baselines); each SFT row against its two neighbours")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -322,14 +348,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for size in [] if a.skip_train else sizes:
             batch = a.batch or (4 if size in ("0.5b", "toy") else 2)
-            train_rows += run_size(size, vocab, batch, a.steps, a.warmup, seq, cuda, Path(tmp), log, a.quick)
+            if a.interleave:
+                train_rows += run_interleaved(size, vocab, batch, a.steps, a.warmup, seq, cuda, Path(tmp), log, a.interleave)
+            else:
+                train_rows += run_size(size, vocab, batch, a.steps, a.warmup, seq, cuda, Path(tmp), log, a.quick)
     if not a.skip_generation:
         gen_rows = run_generation(a.gen_size if cuda and a.gen_size else sizes[0], vocab, cuda, a.gen_tokens, log)
     md = table(train_rows, gen_rows, device)
     print(md)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "train_throughput" + ("" if cuda else "_cpu_toy") + ("_" + "_".join(sizes) if cuda else "")
+    stem = "train_throughput" + ("" if cuda else "_cpu_toy") + ("_" + "_".join(sizes) if cuda else "") + ("_interleaved" if a.interleave else "")
     (out / f"{stem}.json").write_text(json.dumps({"device": device, "peak_tflops": PEAK_TFLOPS, "train": train_rows,
                                                    "generation": gen_rows, "torch": torch.__version__}, indent=2, default=str))
     (out / f"{stem}.md").write_text(md + "\n")
