@@ -6,8 +6,13 @@ import sys
 import typer
 from rich.console import Console
 
+from finr1_core.config import STAGES
+
 app = typer.Typer(help="finr1: the Fin-R1 recipe as an observable, resumable Prefect pipeline.", no_args_is_help=True)
 console = Console()
+
+
+STOP_AFTER_HELP = f"Stop after this stage, one of: {', '.join(STAGES)} (default: run every stage)"
 
 
 def fail(msg: str) -> None:
@@ -84,7 +89,7 @@ def run(
     storage: str = typer.Option(None, "--storage", help="Storage root: a local path or s3://bucket/prefix"),
     limit: int = typer.Option(None, "--limit", help="Cap rows per source"),
     run_id: str = typer.Option(None, "--run-id", help="Resume this run id (new when empty)"),
-    stop_after: str = typer.Option(None, "--stop-after", help="Stop after this stage"),
+    stop_after: str = typer.Option(None, "--stop-after", help=STOP_AFTER_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print prompts per source and route, estimated tokens, cost and wall time; call no model"),
     wait: bool = typer.Option(False, "--wait", help="If another run holds this run id, wait for it instead of failing"),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip asking each teacher/judge endpoint for /v1/models before any work"),
@@ -107,7 +112,7 @@ def run(
 def retry_failed(
     run_id: str = typer.Argument(..., help="The run whose failed shards to redo"),
     storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under"),
-    stop_after: str = typer.Option(None, "--stop-after", help="Stop after this stage"),
+    stop_after: str = typer.Option(None, "--stop-after", help=STOP_AFTER_HELP),
     sets: list[str] = typer.Option(None, "--set", help="Fix the saved config first: dotted KEY=VALUE (repeatable), e.g. teacher.endpoints.0.base_url=http://host:8000/v1; recorded in the run's lineage.jsonl"),
     wait: bool = typer.Option(False, "--wait", help="If another run holds this run id, wait for it instead of failing"),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip asking each teacher/judge endpoint for /v1/models before any work"),
