@@ -71,16 +71,20 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
                            wait=wait, return_state=True)
     if not state.is_completed():
         fail(f"run failed: {state.message}")
-    out = state.result()
     console.rule("[bold green]finr1 run complete")
-    console.print(f"run id:   {out['run_id']}")
+    for line in run_summary(state.result(), time.time() - t0):
+        console.print(line, highlight=False, markup=False)
+
+
+def run_summary(out: dict, total_s: float) -> list[str]:
+    """What `finr1 run` prints under its "finr1 run complete" rule (README.md shows an example)."""
+    lines = [f"run id:   {out['run_id']}"]
     if out.get("report"):
-        console.print(f"report:   {out['report']}")
-        console.print(f"datasets: {out['storage']}/release (sft/rl parquet + README card), {out['storage']}/sft, {out['storage']}/rl")
-        console.print(f"models:   {out['storage']}/models/ (sft, grpo; the report says if a stage trained nothing)")
-        for k, v in (out.get("timings") or {}).items():
-            console.print(f"  {k:<18} {v:7.1f} s")
-    console.print(f"total:    {time.time() - t0:.1f} s")
+        lines += [f"report:   {out['report']}",
+                  f"datasets: {out['storage']}/release (sft/rl parquet + README card), {out['storage']}/sft, {out['storage']}/rl",
+                  f"models:   {out['storage']}/models/ (sft, grpo; the report says if a stage trained nothing)"]
+        lines += [f"  {k:<18} {v:7.1f} s" for k, v in (out.get("timings") or {}).items()]
+    return lines + [f"total:    {total_s:.1f} s"]
 
 
 @app.command("run")
