@@ -86,18 +86,18 @@ def read_doc(path: Path, text: str | None = None) -> Doc:
         if lang != "mermaid":
             doc.code_tokens += [(no, t) for t in line.split()]
         if lang in SHELL_LANGS:
-            text = strip_comment(line)
-            if text.endswith("\\"):
-                pending, pending_no = pending + text[:-1] + " ", pending_no or no
+            shell = strip_comment(line)
+            if shell.endswith("\\"):
+                pending, pending_no = pending + shell[:-1] + " ", pending_no or no
                 continue
-            doc.code_lines.append((pending_no or no, pending + text))
+            doc.code_lines.append((pending_no or no, pending + shell))
             pending, pending_no = "", 0
-    text = "\n".join(prose)
-    for m in re.finditer(r"(?<!`)`([^`]+?)`(?!`)", text):
+    body = "\n".join(prose)
+    for m in re.finditer(r"(?<!`)`([^`]+?)`(?!`)", body):
         if "\n\n" not in m.group(1):
-            doc.spans.append((text.count("\n", 0, m.start()) + 1, " ".join(m.group(1).split())))
-    for m in re.finditer(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", text):
-        doc.links.append((text.count("\n", 0, m.start()) + 1, m.group(1)))
+            doc.spans.append((body.count("\n", 0, m.start()) + 1, " ".join(m.group(1).split())))
+    for m in re.finditer(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", body):
+        doc.links.append((body.count("\n", 0, m.start()) + 1, m.group(1)))
     return doc
 
 
