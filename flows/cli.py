@@ -6,8 +6,13 @@ import sys
 import typer
 from rich.console import Console
 
+from finr1_core.config import STAGES
+
 app = typer.Typer(help="finr1: the Fin-R1 recipe as an observable, resumable Prefect pipeline.", no_args_is_help=True)
 console = Console()
+
+
+STOP_AFTER_HELP = f"Stop after this stage, one of: {', '.join(STAGES)} (default: run every stage)"
 
 
 def fail(msg: str) -> None:
@@ -66,16 +71,20 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
                            wait=wait, return_state=True)
     if not state.is_completed():
         fail(f"run failed: {state.message}")
-    out = state.result()
     console.rule("[bold green]finr1 run complete")
-    console.print(f"run id:   {out['run_id']}")
+    for line in run_summary(state.result(), time.time() - t0):
+        console.print(line, highlight=False, markup=False)
+
+
+def run_summary(out: dict, total_s: float) -> list[str]:
+    """What `finr1 run` prints under its "finr1 run complete" rule (README.md shows an example)."""
+    lines = [f"run id:   {out['run_id']}"]
     if out.get("report"):
-        console.print(f"report:   {out['report']}")
-        console.print(f"datasets: {out['storage']}/release (sft/rl parquet + README card), {out['storage']}/sft, {out['storage']}/rl")
-        console.print(f"models:   {out['storage']}/models/ (sft, grpo; the report says if a stage trained nothing)")
-        for k, v in (out.get("timings") or {}).items():
-            console.print(f"  {k:<18} {v:7.1f} s")
-    console.print(f"total:    {time.time() - t0:.1f} s")
+        lines += [f"report:   {out['report']}",
+                  f"datasets: {out['storage']}/release (sft/rl parquet + README card), {out['storage']}/sft, {out['storage']}/rl",
+                  f"models:   {out['storage']}/models/ (sft, grpo; the report says if a stage trained nothing)"]
+        lines += [f"  {k:<18} {v:7.1f} s" for k, v in (out.get("timings") or {}).items()]
+    return lines + [f"total:    {total_s:.1f} s"]
 
 
 @app.command("run")
@@ -84,7 +93,7 @@ def run(
     storage: str = typer.Option(None, "--storage", help="Storage root: a local path or s3://bucket/prefix"),
     limit: int = typer.Option(None, "--limit", help="Cap rows per source"),
     run_id: str = typer.Option(None, "--run-id", help="Resume this run id (new when empty)"),
-    stop_after: str = typer.Option(None, "--stop-after", help="Stop after this stage"),
+    stop_after: str = typer.Option(None, "--stop-after", help=STOP_AFTER_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print prompts per source and route, estimated tokens, cost and wall time; call no model"),
     wait: bool = typer.Option(False, "--wait", help="If another run holds this run id, wait for it instead of failing"),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip asking each teacher/judge endpoint for /v1/models before any work"),
@@ -107,7 +116,7 @@ def run(
 def retry_failed(
     run_id: str = typer.Argument(..., help="The run whose failed shards to redo"),
     storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under"),
-    stop_after: str = typer.Option(None, "--stop-after", help="Stop after this stage"),
+    stop_after: str = typer.Option(None, "--stop-after", help=STOP_AFTER_HELP),
     sets: list[str] = typer.Option(None, "--set", help="Fix the saved config first: dotted KEY=VALUE (repeatable), e.g. teacher.endpoints.0.base_url=http://host:8000/v1; recorded in the run's lineage.jsonl"),
     wait: bool = typer.Option(False, "--wait", help="If another run holds this run id, wait for it instead of failing"),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip asking each teacher/judge endpoint for /v1/models before any work"),

@@ -23,11 +23,11 @@ from prefect.states import Failed
 from transformers import AutoTokenizer  # noqa: F401
 
 from finr1_core import stages
-from finr1_core.config import PipelineConfig
+from finr1_core.config import STAGES, PipelineConfig
 from flows.phases import data, distill_score, evaluate_models, filter_release, train
 from flows.runs import model_server, open_run
 
-StopAfter = Literal["ingest", "prompts", "distill", "score", "split", "sft", "grpo", "eval"]
+StopAfter = Literal[STAGES]  # the stage names, in run order (finr1_core.config.STAGES)
 
 
 @flow(name="finr1-pipeline", log_prints=False)
@@ -40,7 +40,7 @@ def finr1_pipeline(config: str = "configs/embedded.yaml", storage_root: str | No
         storage_root: Override the storage root (a local path or s3://bucket/prefix).
         limit: Cap rows per source, for quick runs.
         run_id: Resume or retry an existing run; a new id is made when empty.
-        stop_after: Stop after this stage (ingest, prompts, distill, score, split, sft, grpo, eval).
+        stop_after: Stop after this stage (empty: run every stage).
         wait: When another run holds this run id, wait for it to finish instead of failing at once.
     """
     with open_run(config, run_id, storage_root, limit, wait=wait) as cfg:

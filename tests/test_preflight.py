@@ -81,6 +81,19 @@ def test_cli_rejects_bad_stop_after_before_prefect(tmp_path):
     assert time.monotonic() - t0 < 10 and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "retry-failed"])
+def test_stop_after_help_lists_every_stage(command):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    r = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "300", "TERM": "dumb"})
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if "--stop-after" in ln)
+    assert f"one of: {', '.join(STAGES)}" in line, line
+    assert STAGES[0] == "ingest" and STAGES[-1] == "report"
+
+
 # ------------------------------------------------------------------ endpoints
 def _cfg(tmp_path, teacher_url, judge_url, teacher_model="fake-teacher", judge_model="fake-judge", key_env=None):
     def m(c):

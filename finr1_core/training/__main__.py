@@ -9,15 +9,20 @@ import os
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def build_parser() -> argparse.ArgumentParser:
+    """The entry point's arguments (tests/test_docs.py parses the documented command lines with it)."""
     ap = argparse.ArgumentParser(prog="python -m finr1_core.training")
     ap.add_argument("method", choices=["sft", "grpo"])
     ap.add_argument("--recipe", required=True)
     ap.add_argument("--data", default=None, help="released dataset folder, Parquet path or hub id (default: the recipe's dataset)")
     ap.add_argument("--output", required=True, help="local folder or s3:// URI; a re-run resumes from its last checkpoint")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    a = build_parser().parse_args(argv)
 
     from finr1_core.training import checkpoints, data, recipes
 
