@@ -79,6 +79,9 @@ class Completion:
     started_at: str
     ended_at: str
     prompt_sent: str  # the exact prompt text (completions) or rendered messages (chat) sent
+    # the server's reasoning field (vLLM's reasoning parser: the think block), None without one;
+    # ``text`` is then the whole output again: reasoning + "</think>" + content (content null: reasoning only)
+    reasoning: str | None = None
 
 
 class LLMError(RuntimeError):
@@ -224,7 +227,7 @@ class LLMClient:
     # ------------------------------------------------------------------ one attempt
     async def _once(
         self, ep: Endpoint, messages: Sequence[dict], sampling: Sampling, prefix: str, prompt: str | None, key: str | None
-    ) -> tuple[str, str | None, int, int, str]:
+    ) -> tuple[str, str | None, int, int, str, str | None]:
         client = self._client(ep)
         common: dict[str, Any] = dict(
             model=self.model, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens
@@ -237,7 +240,7 @@ class LLMClient:
             sent = prompt if prompt is not None else self.renderer.render(messages, prefix)
             r = await client.completions.create(prompt=sent, **common)
             ch = _first_choice(r)
-            text, finish = getattr(ch, "text", None), ch.finish_reason
+            text, finish, reasoning = getattr(ch, "text", None), ch.finish_reason, None
         else:
             msgs = chat_messages(messages, prefix, self.mode)
             extra = {"continue_final_message": True, "add_generation_prompt": False} if self.mode == "chat-prefill" and prefix else None
@@ -245,13 +248,16 @@ class LLMClient:
             ch = _first_choice(r)
             msg = getattr(ch, "message", None)
             text, finish = (getattr(msg, "content", None) if msg is not None else None), ch.finish_reason
+            reasoning = _reasoning_field(msg)
+            if reasoning is not None:  # vLLM's reasoning parser split the output: the whole of it again
+                text = reasoning + ("</think>" + text if text is not None else "")
             sent = prompt if prompt is not None else json.dumps(msgs, ensure_ascii=False)
         if text is None:
             raise _Retryable("malformed response: choice without text")
         usage = getattr(r, "usage", None)
         pt = getattr(usage, "prompt_tokens", 0) or 0
         ct = getattr(usage, "completion_tokens", 0) or 0
-        return text, finish, pt, ct, sent
+        return text, finish, pt, ct, sent, reasoning
 
     # ------------------------------------------------------------------ public
     async def acomplete(
@@ -285,13 +291,13 @@ class LLMClient:
                         await st.rpm.take(1)
                     if st.tpm:
                         await st.tpm.take(est_tokens)
-                    text, finish, pt, ct, sent = await asyncio.wait_for(
+                    text, finish, pt, ct, sent, reasoning = await asyncio.wait_for(
                         self._once(st.ep, messages, sampling, prefix, prompt, key), self.timeout_s
                     )
                     if st.tpm:
                         st.tpm.refund(est_tokens - (pt + ct or est_tokens))
                 self._on_success(st)
-                return Completion(text, finish, pt, ct, st.ep.name, attempt, started, _now(), sent)
+                return Completion(text, finish, pt, ct, st.ep.name, attempt, started, _now(), sent, reasoning)
             except openai.APIStatusError as e:
                 if e.status_code not in RETRYABLE_STATUS:
                     raise LLMError(f"{st.ep.name}: HTTP {e.status_code}: {_safe(str(e))}") from None
@@ -335,6 +341,17 @@ class LLMClient:
                 await self.aclose()
 
         return asyncio.run(run())
+
+
+def _reasoning_field(msg: Any) -> str | None:
+    """The message's reasoning (vLLM >= 0.10: ``reasoning``; older vLLM, SGLang: ``reasoning_content``)."""
+    if msg is None:
+        return None
+    for name in ("reasoning", "reasoning_content"):
+        v = getattr(msg, name, None)
+        if isinstance(v, str):
+            return v
+    return None
 
 
 def _first_choice(r: Any) -> Any:
