@@ -402,7 +402,7 @@ def start_server(model: str | None, engine: str = "vllm", *, log=print, vllm: di
 
 
 def serve_forever(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                  engine: str = "transformers", log=print, log_path: str | None = None) -> None:
+                  engine: str = "transformers", log=print, log_path: str | None = None, log_requests: bool = False) -> None:
     """Serve one model until SIGINT/SIGTERM, then stop it (and its process group) cleanly.
 
     ``transformers``: ``transformers serve`` (CPU); with ``api_key`` it listens on a private
@@ -417,7 +417,7 @@ def serve_forever(model: str, host: str = "127.0.0.1", port: int = 8000, api_key
     srv: ManagedServer | None = None
     if engine == "vllm":
         try:
-            srv = VLLMServer(model, host, port, api_key=api_key, log_path=log_path).start()
+            srv = VLLMServer(model, host, port, api_key=api_key, log_path=log_path, log_prompts=log_requests).start()
         except ServerError as e:
             log(serving_note("vllm", str(e).removeprefix("vLLM unavailable: ")))
             engine, model = "transformers", check_model_dir(model)

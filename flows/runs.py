@@ -126,6 +126,9 @@ def model_server(cfg: dict | PipelineConfig, base_url: str | dict | None = None)
     log = get_run_logger()
     s = c.serve
     models = list(dict.fromkeys(r.model for r in (c.teacher, c.judge) if any(not e.base_url for e in r.endpoints)))
+    if not models:  # every role has its own endpoint: nothing to serve
+        yield None
+        return
     servers: list[ManagedServer] = []
     served: dict = {"engine": s.engine, "urls": {}, "servers": []}
     try:
