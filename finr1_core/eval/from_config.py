@@ -68,7 +68,7 @@ def _bench_of(source: str) -> Benchmark:
     return Benchmark(source, source, (source,))
 
 
-def server_factory(cfg, log: Callable[[str], None] | None = None) -> Callable:
+def server_factory(cfg, log: Callable[[str], None] | None = None, record: list | None = None) -> Callable:
     """What serves the local checkpoints: vLLM with the reasoning parser and the forced-think
     template (``eval.server: vllm``; the ``serve`` section's vLLM settings), falling back in one
     line to ``transformers serve`` where vLLM is not installed or does not start; or
@@ -80,13 +80,14 @@ def server_factory(cfg, log: Callable[[str], None] | None = None) -> Callable:
     s = cfg.serve
     managed = dict(continuous_batching=False, startup_timeout_s=s.startup_timeout_s)
     say = log or logging.getLogger("finr1.eval").warning
-    return lambda path: serving(path, cfg.eval.server, log=say, vllm=vllm_kwargs(s, served_model_name=path), managed=managed)
+    return lambda path: serving(path, cfg.eval.server, log=say, vllm=vllm_kwargs(s, served_model_name=path), managed=managed, record=record)
 
 
 def eval_from_config(cfg, checkpoints: dict[str, str], heldout: list[dict], out: str, *,
                      on_progress: Callable[[dict], None] | None = None, api_keys: dict[str, str] | None = None,
-                     log: Callable[[str], None] | None = None) -> EvalResult:
-    """Evaluate ``checkpoints`` + ``cfg.eval.models`` on the held-out records and ``cfg.eval.benchmarks``."""
+                     log: Callable[[str], None] | None = None, served: list | None = None) -> EvalResult:
+    """Evaluate ``checkpoints`` + ``cfg.eval.models`` on the held-out records and ``cfg.eval.benchmarks``;
+    ``served`` gets one entry per local server started (model, engine, start-up seconds)."""
     rows = heldout_benchmarks(heldout, cfg.prompts, cfg.eval.max_rows)
     data = parse_data([f"{k}={v}" for k, v in cfg.eval.data.items()])
     general = []  # the general benchmarks: planned and run by run_eval through lm-eval
@@ -101,4 +102,4 @@ def eval_from_config(cfg, checkpoints: dict[str, str], heldout: list[dict], out:
     gdata = {b.name: data[b.name][1] for b in general if b.name in data}
     return run_eval(targets_from_config(cfg, checkpoints, api_keys), benches, gdata, cfg.eval.max_rows if general else None, out,
                     judge=judge_from_config(cfg, api_keys), on_progress=on_progress, settings=settings_from_config(cfg),
-                    serve=server_factory(cfg, log), reference=cfg.eval.reference, bench_rows=rows)
+                    serve=server_factory(cfg, log, served), reference=cfg.eval.reference, bench_rows=rows)

@@ -23,15 +23,19 @@ def _eval(ctx: Context) -> dict:
     skipped = {m: why for m, p in paths.items() if (why := unservable(cfg, p))}
     checkpoints = {m: p for m, p in paths.items() if m not in skipped}
     heldout = table_to_records(ctx.store.read_stage("heldout"))
+    served: list[dict] = []
     res = eval_from_config(cfg, checkpoints, heldout, out=ctx.store.uri("eval", "table"), on_progress=ctx.options.get("on_progress"),
-                           api_keys=ctx.options.get("api_keys"), log=ctx.options.get("log"))
+                           api_keys=ctx.options.get("api_keys"), log=ctx.options.get("log"), served=served)
+    for s in served:  # which checkpoint that was
+        s["name"] = ", ".join([m for m, p in checkpoints.items() if p == s["model"]] + (["judge"] if s["model"] == cfg.judge.model and cfg.eval.use_judge else []))
     by_model: dict[str, list[dict]] = {}
     for r in res.rows:
         by_model.setdefault(r["model"], []).append(r)
     for model, rows in sorted(by_model.items()):
         ctx.write("eval", model, rows)
     return {"models": sorted(by_model), "rows": len(res.rows), "requests": res.evaluated, "not evaluated": skipped,
-            "table": res.uris.get("markdown"), "chart": res.uris.get("chart"), "manifest": {"eval": {"not_evaluated": skipped}}}
+            "table": res.uris.get("markdown"), "chart": res.uris.get("chart"), "served": served,
+            "manifest": {"eval": {"not_evaluated": skipped, "served": served}}}
 
 
 def unservable(cfg, path: str | None) -> str | None:
