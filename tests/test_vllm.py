@@ -175,3 +175,34 @@ def test_grpo_vllm_server_entry_point_log_kept_and_error_in_one_line(tmp_path):
     assert "No module named" in msg and "vllm" in msg and "trl.cli.__main__" not in msg
     assert "No module named" in log.read_text()
     assert lines[0].startswith(f"finr1-train starting {sys.executable} -m trl.scripts.vllm_serve --model {MODEL}")
+
+
+def test_pipeline_model_server_falls_back_in_one_line_and_says_so_in_the_run(tmp_path, capfd):
+    """The pipeline's managed servers with vLLM unavailable: one warning line, one transformers serve
+    for teacher and judge, chat-prefill turned into completions for it, and serving.json says so."""
+    from prefect import flow
+
+    from finr1_core.config import REPO_ROOT, load_config
+    from finr1_core.serving import for_served
+    from flows.runs import model_server
+
+    missing = str(tmp_path / "no-python")
+    cfg = load_config(REPO_ROOT / "configs" / "embedded.yaml", {"storage_root": str(tmp_path / "runs"), "run_id": "fb",
+                                                                "serve.vllm_python": missing})
+
+    @flow(name="finr1-test-model-server")
+    def f():
+        with model_server(cfg) as served:
+            r = httpx.get(served["urls"][MODEL].replace("/v1", "/health"), timeout=10)
+            return served, r.status_code
+
+    served, status = f()
+    assert status == 200 and served["engine"] == "transformers" and list(served["urls"]) == [MODEL]
+    notes = [line for line in capfd.readouterr().err.splitlines() if "vLLM unavailable" in line]  # the flow run's log
+    assert len(notes) == 1 and "WARNING" in notes[0], notes
+    assert notes[0].endswith(f"vLLM unavailable ({missing} does not exist (run `make vllm`, or set FINR1_VLLM_PYTHON / "
+                             "serve.vllm_python)); serving with transformers serve instead")
+    rec = json.loads((tmp_path / "runs" / "fb" / "serving.json").read_text())
+    assert rec["engine"] == "transformers" and missing in rec["fallback_reason"] and rec["servers"][0]["engine"] == "transformers"
+    assert cfg.teacher.mode == "chat-prefill" and for_served(cfg, served).teacher.mode == "completions"
+    assert for_served(cfg, {"engine": "vllm", "urls": served["urls"]}).teacher.mode == "chat-prefill"
