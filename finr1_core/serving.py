@@ -172,11 +172,16 @@ class ManagedServer:
 
 
 def last_log_line(path: str) -> str:
+    """The log's last error line (a traceback ends with one; vLLM's engine prints more lines after
+    it), else its last line."""
+    import re
+
     try:
         lines = [l.strip() for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
     except OSError:
         return "no log"
-    return lines[-1][:200] if lines else "empty log"
+    errors = [l for l in lines if re.search(r"\b\w*(Error|Exception)\b: ", l)]
+    return (errors or lines or ["empty log"])[-1][:200]
 
 
 def check_model_dir(model: str) -> str:
