@@ -168,8 +168,6 @@ def _record_serving(c: PipelineConfig, served: dict) -> None:
     """``<run>/serving.json``: what served the teacher and the judges (the run report shows it)."""
     import json
 
-    from finr1_core import stages
-
     try:
         store = stages.store_for(c)
         store.write_bytes_atomic(store.uri("serving.json"), json.dumps(served, indent=1).encode())

@@ -73,13 +73,17 @@ def vllm_serve(tmp_path_factory):
         pytest.skip(f"vLLM unavailable: {why}")
     model, port = str(embedded_model_dir()), free_port()
     log = str(tmp_path_factory.mktemp("vllm") / "vllm.log")
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")
     t0 = time.monotonic()
     p = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", model, "--engine", "vllm", "--port", str(port), "--api-key", VLLM_TEST_KEY,
                           "--log", log, "--log-requests"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, start_new_session=True)
     out: list[str] = []
-    threading.Thread(target=lambda: out.extend(p.stdout), daemon=True).start()
+    def read() -> None:
+        for line in p.stdout:
+            out.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
     try:
         while True:
             assert p.poll() is None, f"finr1 serve --engine vllm exited {p.returncode}: {''.join(out)[-2000:]}"

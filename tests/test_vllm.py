@@ -38,6 +38,9 @@ MODEL = str(embedded_model_dir())
 def test_finr1_serve_vllm_requires_its_api_key(vllm_serve):
     url, key = vllm_serve["url"], vllm_serve["key"]
     print(f"\nFIGURES vllm_startup_s={vllm_serve['startup_s']}")
+    deadline = time.monotonic() + 30  # the line is printed once the server is healthy
+    while not any("engine vllm, API key required" in line for line in vllm_serve["out"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert any("engine vllm, API key required" in line for line in vllm_serve["out"]), vllm_serve["out"][-5:]
     assert httpx.get(f"{url}/models", timeout=10).status_code == 401
     assert httpx.get(f"{url}/models", headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
@@ -45,9 +48,19 @@ def test_finr1_serve_vllm_requires_its_api_key(vllm_serve):
     assert httpx.post(f"{url}/chat/completions", json=body, timeout=60).status_code == 401
     r = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
     assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == [MODEL]
-    # the key is never on vLLM's command line
-    cmdlines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert key not in cmdlines
+    # the key reaches vLLM through its environment, never its command line
+    vllm = [c for c in _cmdlines() if "vllm.entrypoints.openai.api_server" in c and MODEL in c]
+    assert vllm and all(key not in c for c in vllm)
+
+
+def _cmdlines() -> list[str]:
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            out.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, NotADirectoryError):
+            pass
+    return out
 
 
 def _math_prompts(n: int) -> list[dict]:
@@ -126,15 +139,16 @@ def test_serve_vllm_falls_back_to_transformers_in_one_line(tmp_path):
                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
+        while True:
             assert p.poll() is None, p.stdout.read()[-2000:]
+            assert time.monotonic() < deadline, "finr1 serve (transformers fallback) not healthy in 240 s"
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k"}, timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 401  # the key proxy's check
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         out = p.communicate(timeout=60)[0]
