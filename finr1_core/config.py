@@ -132,9 +132,17 @@ class EndpointConfig(_Strict):
 
 
 class ServeConfig(_Strict):
-    """How the pipeline gets its model server. `managed` starts `transformers serve` itself."""
+    """How the pipeline gets its model servers. `managed` starts them itself: vLLM (one server per
+    model, `engine: vllm`) or one `transformers serve` for every model (`engine: transformers`, and
+    the fallback, announced in one line, where vLLM is not installed or does not start)."""
 
     kind: Literal["managed", "external"] = "managed"
+    engine: Literal["vllm", "transformers"] = Field("transformers", description="What a managed server runs")
+    vllm_python: str | None = Field(None, description="Python with vLLM (null: $FINR1_VLLM_PYTHON, else <repo>/.venv-vllm/bin/python)")
+    reasoning_parser: str = Field("auto", description="vLLM reasoning parser; auto: deepseek_r1 with think tokens, else finr1_think")
+    vllm_kv_cache_gib: int = Field(2, ge=1, description="KV cache of a CPU vLLM server (VLLM_CPU_KVCACHE_SPACE)")
+    vllm_max_model_len: int | None = Field(4096, ge=256, description="vLLM --max-model-len (null: the model's own)")
+    vllm_startup_timeout_s: float = Field(900, gt=0, description="vLLM start-up (37-215 s measured on a busy 2-core machine)")
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535, description="0 = a free port")
     startup_timeout_s: float = Field(180, gt=0)

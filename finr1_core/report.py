@@ -36,6 +36,7 @@ def render_report(
     links: dict[str, str],
     timings: dict[str, float],
     models: dict[str, str],
+    serving: str = "",
 ) -> str:
     parts = [
         f"# finr1 run `{run_id}`",
@@ -53,6 +54,10 @@ def render_report(
         "## Models",
         "",
         md_table(["Model", "Checkpoint"], [[k, f"`{v}`"] for k, v in models.items()]),
+        "",
+        "## Serving",
+        "",
+        serving or "No model was served by finr1 (external endpoints only).",
         "",
         "## Training",
         "",
@@ -102,6 +107,20 @@ def training_table(training: dict[str, dict]) -> str:
                      "Mean reward", "Curves (loss, reward, lr)", "Note"], rows)
 
 
+def serving_table(store) -> str:
+    """What served each model finr1 started: the teacher and judge servers (``serving.json``, written
+    when they start) and the eval's servers (the eval stage's manifest); engine and start-up time."""
+    rows = []
+    if store.exists(store.uri("serving.json")):
+        sv = store.read_json(store.uri("serving.json"))
+        note = f" (fallback: {sv['fallback_reason']})" if sv.get("fallback_reason") else ""
+        for x in sv.get("servers", []):
+            rows.append(["teacher, judge (distill, score)", f"`{x['model']}`", x["engine"] + note, x.get("startup_s", "-")])
+    for x in (store.stage_manifest("eval") or {}).get("served") or []:
+        rows.append([f"eval: {x.get('name') or '-'}", f"`{x['model']}`", x["engine"], x.get("startup_s", "-")])
+    return md_table(["Served for", "Model", "Engine", "Start-up (s)"], rows) if rows else ""
+
+
 def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, str], training: dict[str, dict] | None = None) -> dict:
     """Gather a run's figures from its store, write ``report/report.md`` and ``report/summary.json``."""
     from finr1_core.release import distribution_table
@@ -133,6 +152,7 @@ def write_run_report(cfg, store, timings: dict[str, float], models: dict[str, st
         training=training_table(training or {}),
         distribution=distribution_table({"sft": sft, "rl": rl}), route_counts={"sft": len(sft), "rl": len(rl)},
         pass_rates=pass_rates, accounting=acct, removed=rel.get("removed", {}), links=links, timings=timings, models=models,
+        serving=serving_table(store),
     )
     store.write_text(store.uri("report", "report.md"), md)
     store.write_json(store.uri("report", "summary.json"), {"accuracy": acc, "stage_counts": stage_counts, "pass_rates": pass_rates, "accounting": acct})

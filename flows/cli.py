@@ -363,14 +363,16 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)"),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     api_key: str = typer.Option(None, "--api-key", envvar="FINR1_SERVE_API_KEY", help="Require 'Authorization: Bearer KEY' (also from $FINR1_SERVE_API_KEY)"),
-    engine: str = typer.Option("transformers", "--engine", help="transformers (embedded, CPU) or vllm (production, GPU)"),
+    engine: str = typer.Option("transformers", "--engine", help="transformers (CPU) or vllm (.venv-vllm on CPU, the gpu extra on GPUs; where it cannot run, one line says so and transformers serves)"),
     log_file: str = typer.Option(None, "--log", help="The model server's log file, appended to (default: a temporary file)"),
+    log_requests: bool = typer.Option(False, "--log-requests", help="vllm: log each request's rendered prompt and sampling parameters"),
 ) -> None:
     """Serve a model over the OpenAI API until Ctrl-C/SIGTERM (health check: GET /health)."""
     from finr1_core.serving import ServerError, serve_forever
 
     try:
-        serve_forever(model, host, port, api_key, engine, log=lambda m: console.print(m, highlight=False, markup=False), log_path=log_file)
+        serve_forever(model, host, port, api_key, engine, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True), log_path=log_file,
+                      log_requests=log_requests)
     except ServerError as e:
         fail(str(e))
 

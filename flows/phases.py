@@ -57,7 +57,7 @@ def data(config: str = DEFAULT_CONFIG, run_id: str | None = None, storage_root: 
 
 @flow(name="finr1-distill-score", log_prints=False)
 def distill_score(config: str = DEFAULT_CONFIG, run_id: str | None = None, storage_root: str | None = None, limit: int | None = None,
-                  shards: list[str] | None = None, score: bool = True, base_url: str | None = None):
+                  shards: list[str] | None = None, score: bool = True, base_url: str | dict | None = None):
     """Distil every prompt shard with the teacher (one task per shard, Ray workers inside) and score each
     shard as soon as its traces are committed (rule verifier, answer judge, reasoning judge, route).
 
@@ -68,7 +68,7 @@ def distill_score(config: str = DEFAULT_CONFIG, run_id: str | None = None, stora
         limit: Cap rows per source (must match the run's).
         shards: Only these shards (e.g. ["shard-00002"]); empty = every shard.
         score: Score the traces too (false = distil only).
-        base_url: URL of an already running managed model server; empty = start one when the config needs it.
+        base_url: URL of an already running managed model server (or the managed servers' {engine, urls: {model: url}}); empty = start them when the config needs them.
     """
     with open_run(config, require_run_id(run_id, "distill-score"), storage_root, limit) as cfg:
         everything = _prompt_shards(cfg)

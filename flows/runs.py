@@ -17,7 +17,7 @@ from prefect.context import FlowRunContext
 from finr1_core import stages
 from finr1_core.config import PipelineConfig
 from finr1_core.lease import RunLease
-from finr1_core.serving import ManagedServer
+from finr1_core.serving import ManagedServer, ServerError, VLLMServer, serving_note, vllm_kwargs
 from finr1_core.storage import join
 
 RESULTS_DIR = "_prefect-results"
@@ -110,26 +110,69 @@ def require_run_id(run_id: str | None, phase: str) -> str:
 
 
 @contextlib.contextmanager
-def model_server(cfg: dict | PipelineConfig, base_url: str | None = None) -> Iterator[str | None]:
-    """The managed model server's URL for the embedded profile: ``base_url`` when the caller
-    already owns one, else a server started here and stopped on exit, failure or Ctrl-C;
-    ``None`` for external endpoints (production vLLM)."""
+def model_server(cfg: dict | PipelineConfig, base_url: str | dict | None = None) -> Iterator[str | dict | None]:
+    """The managed model servers of the embedded profile, as ``{"engine", "urls": {model: url}}``:
+    ``base_url`` when the caller already owns them, else servers started here and stopped on exit,
+    failure or Ctrl-C; ``None`` for external endpoints (production vLLM).
+
+    ``serve.engine: vllm`` starts one vLLM server per model that a role without its own endpoint
+    names (teacher and judge share one when they are the same model). Where vLLM is not installed
+    or a server does not start, one warning line says why, and one ``transformers serve`` serves
+    every model instead. What served is written to ``<run>/serving.json`` for the run report."""
     c = cfg if isinstance(cfg, PipelineConfig) else PipelineConfig.model_validate(cfg)
     if base_url or c.serve.kind != "managed":
         yield base_url
         return
     log = get_run_logger()
     s = c.serve
-    srv = ManagedServer(host=s.host, port=s.port, continuous_batching=s.continuous_batching, startup_timeout_s=s.startup_timeout_s,
-                        cb_num_blocks=s.cb_num_blocks, cb_block_size=s.cb_block_size)
-    t0 = time.time()
-    srv.start()
-    log.info("model server up at %s (pid %s, %.1f s, log %s)", srv.base_url, srv.pid, time.time() - t0, srv.log_path)
+    models = list(dict.fromkeys(r.model for r in (c.teacher, c.judge) if any(not e.base_url for e in r.endpoints)))
+    if not models:  # every role has its own endpoint: nothing to serve
+        yield None
+        return
+    servers: list[ManagedServer] = []
+    served: dict = {"engine": s.engine, "urls": {}, "servers": []}
     try:
-        yield srv.base_url
+        if s.engine == "vllm":
+            for m in models:
+                t0 = time.time()
+                try:
+                    srv = VLLMServer(m, s.host, s.port if len(models) == 1 else 0, served_model_name=m, **vllm_kwargs(s)).start()
+                except ServerError as e:
+                    log.warning(serving_note("vllm", str(e).removeprefix("vLLM unavailable: ")))
+                    for x in servers:
+                        x.stop()
+                    servers, served = [], {"engine": "transformers", "urls": {}, "servers": [], "fallback_reason": str(e)}
+                    break
+                servers.append(srv)
+                served["urls"][m] = srv.base_url
+                served["servers"].append({"engine": "vllm", "model": m, "url": srv.base_url, "startup_s": round(time.time() - t0, 1), "log": srv.log_path})
+                log.info("vLLM server of %s up at %s (pid %s, %.1f s, log %s)", m, srv.base_url, srv.pid, time.time() - t0, srv.log_path)
+        if not servers:
+            t0 = time.time()
+            srv = ManagedServer(host=s.host, port=s.port, continuous_batching=s.continuous_batching, startup_timeout_s=s.startup_timeout_s,
+                                cb_num_blocks=s.cb_num_blocks, cb_block_size=s.cb_block_size).start()
+            servers.append(srv)
+            served["engine"] = "transformers"
+            served["urls"] = {m: srv.base_url for m in models}
+            served["servers"] = [{"engine": "transformers", "model": ", ".join(models), "url": srv.base_url, "startup_s": round(time.time() - t0, 1), "log": srv.log_path}]
+            log.info("model server up at %s (pid %s, %.1f s, log %s)", srv.base_url, srv.pid, time.time() - t0, srv.log_path)
+        _record_serving(c, served)
+        yield {"engine": served["engine"], "urls": served["urls"]}
     finally:
-        srv.stop()
-        log.info("model server stopped")
+        for x in servers:
+            x.stop()
+        log.info("model server%s stopped", "s" if len(servers) > 1 else "")
+
+
+def _record_serving(c: PipelineConfig, served: dict) -> None:
+    """``<run>/serving.json``: what served the teacher and the judges (the run report shows it)."""
+    import json
+
+    try:
+        store = stages.store_for(c)
+        store.write_bytes_atomic(store.uri("serving.json"), json.dumps(served, indent=1).encode())
+    except Exception as e:  # a report detail: never fail the run for it
+        get_run_logger().warning("serving.json not written: %s", e)
 
 
 def start_ray(cfg: dict) -> None:

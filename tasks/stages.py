@@ -49,14 +49,14 @@ class _Progress:
 
 
 @task(name="distill-shard", tags=["teacher"], **SHARD_OPTS)
-def distill_shard(cfg: dict, shard: str, base_url: str | None) -> dict:
+def distill_shard(cfg: dict, shard: str, base_url: str | dict | None) -> dict:
     out = stages.run_stage(config_from(cfg), "distill", shard, base_url=base_url, progress=_Progress(shard))
     get_run_logger().info("distill %s: %s", shard, {k: v for k, v in out.items() if k != "errors"})
     return out
 
 
 @task(name="score-shard", tags=["judge"], **SHARD_OPTS)
-def score_shard(cfg: dict, distilled: dict, base_url: str | None) -> dict:
+def score_shard(cfg: dict, distilled: dict, base_url: str | dict | None) -> dict:
     """Score the shard that ``distilled`` (the distill task's result) committed."""
     out = stages.run_stage(config_from(cfg), "score", distilled["shard"], base_url=base_url)
     get_run_logger().info("score %s: %s", distilled["shard"], out)
@@ -115,7 +115,7 @@ class _EvalProgress:
 def evaluate(cfg: dict, trained: dict | None = None) -> dict:
     """Evaluate every checkpoint of the run (and the config's extra endpoints); ``trained`` only
     orders this after training."""
-    out = stages.run_stage(config_from(cfg), "eval", on_progress=_EvalProgress())
+    out = stages.run_stage(config_from(cfg), "eval", on_progress=_EvalProgress(), log=get_run_logger().warning)
     get_run_logger().info("eval: %s", out)
     return out
 

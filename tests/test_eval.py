@@ -144,7 +144,7 @@ def test_production_config_eval_needs_no_local_base_url():
     """The production eval serves its checkpoints itself (vllm) and judges with the judge role's endpoint."""
     from finr1_core.config import load_config
     from finr1_core.eval.from_config import judge_from_config, server_factory, settings_from_config, targets_from_config
-    from finr1_core.serving import VLLMServer
+    from finr1_core.serving import VLLMServer, vllm_kwargs
 
     cfg = load_config(REPO / "configs/production.yaml")
     cfg.eval.models = [dict(name="ext", base_url="http://x:8000/v1/", model="m", api_key_env="FINR1_TEST_EXT_KEY")]
@@ -157,8 +157,12 @@ def test_production_config_eval_needs_no_local_base_url():
     assert ts[2].base_url == "http://x:8000/v1" and ts[2].api_key == "k1" and ts[2].request_mode == "chat"
     j = judge_from_config(cfg)
     assert j.base_url == "http://vllm-qwen72b.finr1.svc:8000/v1" and j.model == "Qwen/Qwen2.5-72B-Instruct"
-    srv = server_factory(cfg)("/models/sft")
-    assert isinstance(srv, VLLMServer) and srv.command()[1:3] == ["serve", "/models/sft"]
+    cm = server_factory(cfg)("/models/sft")
+    assert hasattr(cm, "__enter__")  # the server starts when the eval enters the block
+    cmd = VLLMServer("/models/sft", **vllm_kwargs(cfg.serve, served_model_name="/models/sft")).command()
+    assert cmd[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", "/models/sft"]
+    assert cmd[cmd.index("--served-model-name") + 1] == "/models/sft"
+    assert cmd[cmd.index("--reasoning-parser") + 1] == "deepseek_r1"  # a reasoning model's own think tokens
     s = settings_from_config(cfg)
     assert s.sampling.max_tokens == 16384 and s.max_concurrency == 64 and s.prefix == "<think>\n"
     assert cfg.eval.benchmarks == ["fineval", "cfbenchmark"]

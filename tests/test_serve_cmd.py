@@ -1,6 +1,6 @@
 """`finr1 serve`: the embedded model served for real (transformers serve), with and without an API
 key; a bad path is one line; SIGTERM stops the model server too. The vLLM command is checked as
-built (vLLM is not installable here), including its forced-think chat template."""
+built, including its forced-think chat template (vLLM itself runs in tests/test_vllm.py)."""
 from __future__ import annotations
 
 import os
@@ -89,8 +89,11 @@ def test_serve_bad_model_path_is_one_line(tmp_path):
 def test_vllm_command_has_reasoning_parser_forced_think_and_no_key_in_argv():
     srv = VLLMServer(MODEL, "0.0.0.0", 8000, api_key="k-123")
     cmd = srv.command()
-    assert cmd[1:5] == ["serve", MODEL, "--host", "0.0.0.0"]
-    assert cmd[cmd.index("--reasoning-parser") + 1] == "deepseek_r1"
+    assert cmd[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", MODEL]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    # SmolLM2 spells <think> with ordinary tokens: deepseek_r1 refuses it, finr1_think (the same rule on text) serves it
+    assert cmd[cmd.index("--reasoning-parser") + 1] == "finr1_think"
+    assert cmd[cmd.index("--reasoning-parser-plugin") + 1] == str(REPO / "infra" / "vllm" / "think_parser.py")
     assert "k-123" not in " ".join(cmd) and srv.env()["VLLM_API_KEY"] == "k-123"
     template = Path(cmd[cmd.index("--chat-template") + 1]).read_text()
     from transformers import AutoTokenizer

@@ -141,7 +141,7 @@ async def _one(client: Any, cache: ResponseCache, sampling: Sampling, job: dict,
     rec = {
         "key": r["key"], "record_id": r["record_id"], "sample_index": r["sample_index"],
         "model": job["model"], "mode": job["mode"], "endpoint": c.endpoint, "sampling": job["sampling_key"],
-        "prompt_hash": r.get("prompt_hash"), "text": c.text, "finish_reason": c.finish_reason,
+        "prompt_hash": r.get("prompt_hash"), "text": c.text, "reasoning": c.reasoning, "finish_reason": c.finish_reason,
         "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "attempts": c.attempts,
         "started_at": c.started_at, "ended_at": c.ended_at,
     }

@@ -269,6 +269,8 @@ def trace_rows(plan: _Plan, records: dict[str, dict], role_cfg: Any, res: ShardR
         rec = records[k]
         prefix = effective_prefix(p, plan.mode)
         parsed = parse_trace(rec["text"], prefix, rec.get("finish_reason"))
+        if rec.get("reasoning") is not None:  # the server's reasoning parser split it (vLLM): its think block
+            parsed["reasoning"] = rec["reasoning"].strip()
         for f in flags:
             flags[f] += int(parsed[f])
         comp = rec["text"] or ""

@@ -68,20 +68,26 @@ def _bench_of(source: str) -> Benchmark:
     return Benchmark(source, source, (source,))
 
 
-def server_factory(cfg) -> Callable:
-    """What serves the local checkpoints: ``transformers serve`` (the ``serve`` section's cache
-    sizes) or ``vllm serve`` with the reasoning parser and the forced-think template."""
-    from finr1_core.serving import ManagedServer, VLLMServer
+def server_factory(cfg, log: Callable[[str], None] | None = None, record: list | None = None) -> Callable:
+    """What serves the local checkpoints: vLLM with the reasoning parser and the forced-think
+    template (``eval.server: vllm``; the ``serve`` section's vLLM settings), falling back in one
+    line to ``transformers serve`` where vLLM is not installed or does not start; or
+    ``transformers serve`` itself (the ``serve`` section's start-up timeout)."""
+    import logging
 
-    if cfg.eval.server == "vllm":
-        return lambda path: VLLMServer(path, "127.0.0.1", 0)
+    from finr1_core.serving import serving, vllm_kwargs
+
     s = cfg.serve
-    return lambda path: ManagedServer(path, continuous_batching=False, startup_timeout_s=s.startup_timeout_s)
+    managed = dict(continuous_batching=False, startup_timeout_s=s.startup_timeout_s)
+    say = log or logging.getLogger("finr1.eval").warning
+    return lambda path: serving(path, cfg.eval.server, log=say, vllm=vllm_kwargs(s, served_model_name=path), managed=managed, record=record)
 
 
 def eval_from_config(cfg, checkpoints: dict[str, str], heldout: list[dict], out: str, *,
-                     on_progress: Callable[[dict], None] | None = None, api_keys: dict[str, str] | None = None) -> EvalResult:
-    """Evaluate ``checkpoints`` + ``cfg.eval.models`` on the held-out records and ``cfg.eval.benchmarks``."""
+                     on_progress: Callable[[dict], None] | None = None, api_keys: dict[str, str] | None = None,
+                     log: Callable[[str], None] | None = None, served: list | None = None) -> EvalResult:
+    """Evaluate ``checkpoints`` + ``cfg.eval.models`` on the held-out records and ``cfg.eval.benchmarks``;
+    ``served`` gets one entry per local server started (model, engine, start-up seconds)."""
     rows = heldout_benchmarks(heldout, cfg.prompts, cfg.eval.max_rows)
     data = parse_data([f"{k}={v}" for k, v in cfg.eval.data.items()])
     general = []  # the general benchmarks: planned and run by run_eval through lm-eval
@@ -96,4 +102,4 @@ def eval_from_config(cfg, checkpoints: dict[str, str], heldout: list[dict], out:
     gdata = {b.name: data[b.name][1] for b in general if b.name in data}
     return run_eval(targets_from_config(cfg, checkpoints, api_keys), benches, gdata, cfg.eval.max_rows if general else None, out,
                     judge=judge_from_config(cfg, api_keys), on_progress=on_progress, settings=settings_from_config(cfg),
-                    serve=server_factory(cfg), reference=cfg.eval.reference, bench_rows=rows)
+                    serve=server_factory(cfg, log, served), reference=cfg.eval.reference, bench_rows=rows)

@@ -282,8 +282,10 @@ def run_eval(models: Sequence[ModelTarget | str], benchmarks: Sequence[str] | st
                 continue
             finance = [it for it in pending[t.name] if not it["harness"]]
             general_items = [it for it in pending[t.name] if it["harness"]]
-            with ((serve or default_server)(t.path) if t.is_local else contextlib.nullcontext(None)) as srv:
-                url = srv.base_url if t.is_local else t.base_url
+            # the judge's server serves a target of the same model too (one vLLM server per model)
+            same = t.is_local and judge_url is not None and t.path == jt.path
+            with ((serve or default_server)(t.path) if t.is_local and not same else contextlib.nullcontext(None)) as srv:
+                url = judge_url if same else srv.base_url if t.is_local else t.base_url
                 if finance:
                     run_sync(_run_target(t, url, finance, _judge_client(jt, judge_url, s), cache, s, progress))
                 if general_items:

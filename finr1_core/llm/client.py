@@ -79,6 +79,9 @@ class Completion:
     started_at: str
     ended_at: str
     prompt_sent: str  # the exact prompt text (completions) or rendered messages (chat) sent
+    # the server's reasoning field (vLLM's reasoning parser: the think block), None without one;
+    # ``text`` is then the whole output again: reasoning + "</think>" + content (content null: reasoning only)
+    reasoning: str | None = None
 
 
 class _Retryable(Exception):
@@ -201,7 +204,7 @@ class LLMClient:
     # ------------------------------------------------------------------ one attempt
     async def _once(
         self, ep: Endpoint, messages: Sequence[dict], sampling: Sampling, prefix: str, prompt: str | None, key: str | None
-    ) -> tuple[str, str | None, int, int, str]:
+    ) -> tuple[str, str | None, int, int, str, str | None]:
         client = self._client(ep)
         common: dict[str, Any] = dict(
             model=self.model, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens
@@ -214,7 +217,7 @@ class LLMClient:
             sent = prompt if prompt is not None else self.renderer.render(messages, prefix)
             r = await client.completions.create(prompt=sent, **common)
             ch = _first_choice(r)
-            text, finish = getattr(ch, "text", None), ch.finish_reason
+            text, finish, reasoning = getattr(ch, "text", None), ch.finish_reason, None
         else:
             msgs = chat_messages(messages, prefix, self.mode)
             extra = {"continue_final_message": True, "add_generation_prompt": False} if self.mode == "chat-prefill" and prefix else None
@@ -222,13 +225,16 @@ class LLMClient:
             ch = _first_choice(r)
             msg = getattr(ch, "message", None)
             text, finish = (getattr(msg, "content", None) if msg is not None else None), ch.finish_reason
+            reasoning = _reasoning_field(msg)
+            if reasoning is not None:  # vLLM's reasoning parser split the output: the whole of it again
+                text = reasoning + ("</think>" + text if text is not None else "")
             sent = prompt if prompt is not None else json.dumps(msgs, ensure_ascii=False)
         if text is None:
             raise _Retryable("malformed response: choice without text")
         usage = getattr(r, "usage", None)
         pt = getattr(usage, "prompt_tokens", 0) or 0
         ct = getattr(usage, "completion_tokens", 0) or 0
-        return text, finish, pt, ct, sent
+        return text, finish, pt, ct, sent, reasoning
 
     # ------------------------------------------------------------------ public
     async def acomplete(
@@ -255,12 +261,12 @@ class LLMClient:
                         continue  # go elsewhere (not an attempt)
                     attempt += 1
                     await st.acquire(est_tokens)
-                    text, finish, pt, ct, sent = await asyncio.wait_for(
+                    text, finish, pt, ct, sent, reasoning = await asyncio.wait_for(
                         self._once(st.ep, messages, sampling, prefix, prompt, key), self.policy.timeout_s
                     )
                     st.refund(est_tokens, pt + ct)
                 self.policy.record_success(st)
-                return Completion(text, finish, pt, ct, st.ep.name, attempt, started, _now(), sent)
+                return Completion(text, finish, pt, ct, st.ep.name, attempt, started, _now(), sent, reasoning)
             except Exception as e:  # noqa: BLE001 - the policy decides: another attempt, or LLMError
                 last_err, retry_after = self.policy.failure(e, st.ep.name)
                 self.policy.record_failure(st, self._states.values())
@@ -290,6 +296,17 @@ class LLMClient:
                 await self.aclose()
 
         return asyncio.run(run())
+
+
+def _reasoning_field(msg: Any) -> str | None:
+    """The message's reasoning (vLLM >= 0.10: ``reasoning``; older vLLM, SGLang: ``reasoning_content``)."""
+    if msg is None:
+        return None
+    for name in ("reasoning", "reasoning_content"):
+        v = getattr(msg, name, None)
+        if isinstance(v, str):
+            return v
+    return None
 
 
 def _first_choice(r: Any) -> Any:

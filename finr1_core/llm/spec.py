@@ -60,9 +60,11 @@ class ClientSpec:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_role(cls, role: Any, base_url: str | None = None, **overrides: Any) -> "ClientSpec":
+    def from_role(cls, role: Any, base_url: str | dict | None = None, **overrides: Any) -> "ClientSpec":
         """From an ``LLMRole`` config. ``base_url`` fills endpoints whose ``base_url`` is null (the
-        managed local server). ``overrides`` replace single fields (e.g. ``max_retries=0``)."""
+        managed local server; a ``{"urls": {model: url}}`` map: the role model's entry). ``overrides`` replace single fields (e.g. ``max_retries=0``)."""
+        if isinstance(base_url, dict):  # the managed servers' map: one URL per served model
+            base_url = (base_url.get("urls") or {}).get(role.model)
         eps = tuple(
             EndpointSpec(e.name, e.base_url or base_url or "", key_env_var(e)) for e in role.endpoints
         )

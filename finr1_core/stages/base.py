@@ -29,7 +29,7 @@ class Context:
     store: Store
     hash: str
     shard: str | None = None
-    base_url: str | None = None
+    base_url: str | dict | None = None  # a URL, or the managed servers' {engine, urls: {model: url}}
     progress: ProgressCB | None = None
     options: dict = field(default_factory=dict)
 

@@ -1,9 +1,10 @@
 """eval (every model in one call, through finr1_core.eval) and report."""
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
+from finr1_core.serving import vllm_problem
 from finr1_core.stages.base import Context, Stage
 from finr1_core.stages.train import checkpoint_info, model_path
 
@@ -22,25 +23,27 @@ def _eval(ctx: Context) -> dict:
     skipped = {m: why for m, p in paths.items() if (why := unservable(cfg, p))}
     checkpoints = {m: p for m, p in paths.items() if m not in skipped}
     heldout = table_to_records(ctx.store.read_stage("heldout"))
+    served: list[dict] = []
     res = eval_from_config(cfg, checkpoints, heldout, out=ctx.store.uri("eval", "table"), on_progress=ctx.options.get("on_progress"),
-                           api_keys=ctx.options.get("api_keys"))
+                           api_keys=ctx.options.get("api_keys"), log=ctx.options.get("log"), served=served)
+    for s in served:  # which checkpoint that was
+        s["name"] = ", ".join([m for m, p in checkpoints.items() if p == s["model"]] + (["judge"] if s["model"] == cfg.judge.model and cfg.eval.use_judge else []))
     by_model: dict[str, list[dict]] = {}
     for r in res.rows:
         by_model.setdefault(r["model"], []).append(r)
     for model, rows in sorted(by_model.items()):
         ctx.write("eval", model, rows)
     return {"models": sorted(by_model), "rows": len(res.rows), "requests": res.evaluated, "not evaluated": skipped,
-            "table": res.uris.get("markdown"), "chart": res.uris.get("chart"), "manifest": {"eval": {"not_evaluated": skipped}}}
+            "table": res.uris.get("markdown"), "chart": res.uris.get("chart"), "served": served,
+            "manifest": {"eval": {"not_evaluated": skipped, "served": served}}}
 
 
 def unservable(cfg, path: str | None) -> str | None:
     """Why finr1 cannot serve this checkpoint for the eval here (it is then reported, not evaluated)."""
     if path is None:
         return "its stage trained nothing"
-    if cfg.eval.server == "vllm" and shutil.which("vllm") is None:
-        return "eval.server is vllm, and vllm is not installed on this machine"
-    if cfg.eval.server == "transformers" and not Path(path).is_dir():
-        return f"{path} is not a local model directory"
+    if not Path(path).is_dir() and (cfg.eval.server == "transformers" or os.environ.get("HF_HUB_OFFLINE") == "1" or vllm_problem(cfg.serve.vllm_python)):
+        return f"{path} is not a local model directory" + ("" if cfg.eval.server == "transformers" else " (and vLLM cannot fetch it here)")
     return None
 
 

@@ -29,14 +29,17 @@ def _done(st, ctx: Context) -> dict | None:
     return None
 
 
-def run_stage(cfg: PipelineConfig, name: str, shard: str | None = None, *, base_url: str | None = None,
+def run_stage(cfg: PipelineConfig, name: str, shard: str | None = None, *, base_url: str | dict | None = None,
               progress: ProgressCB | None = None, **options) -> dict:
     """Run stage ``name`` (of shard ``shard`` for a sharded stage) unless its output is already
     committed under the same chained hash. Returns a JSON-able summary with ``skipped``."""
     st = stage(name)
     if st.sharded and not shard:
         raise ValueError(f"stage {name} runs per shard: give the shard")
-    ctx = Context(cfg, store_for(cfg), stage_hash(cfg, name), shard, base_url, progress, options)
+    from finr1_core.serving import for_served
+
+    # the hash is the config's; the body gets it as the managed servers can serve it (see for_served)
+    ctx = Context(for_served(cfg, base_url), store_for(cfg), stage_hash(cfg, name), shard, base_url, progress, options)
     if st.cached and (prior := _done(st, ctx)) is not None:
         return {**prior, "stage": name, "skipped": True}
     out = st.body(ctx)

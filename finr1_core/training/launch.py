@@ -133,20 +133,75 @@ def job_env() -> dict:
     return env
 
 
-def start_vllm_server(model: str, port: int, on_line: Callable[[str], None], gpu: str | None) -> subprocess.Popen:
-    """``trl vllm-serve`` for GRPO's server mode, on its own GPU; the caller stops it."""
+def vllm_server_command(model: str, port: int) -> list[str]:
+    """TRL's vLLM server for GRPO's server mode. TRL 1.16's ``trl.cli`` is a package without
+    ``__main__`` (``python -m trl.cli`` fails); ``trl.scripts.vllm_serve`` is the module behind the
+    ``trl vllm-serve`` command: it runs ``vllm serve`` with TRL's weight-transfer (NCCL) settings."""
+    return [sys.executable, "-m", "trl.scripts.vllm_serve", "--model", model, "--port", str(port)]
+
+
+def start_vllm_server(model: str, port: int, on_line: Callable[[str], None], gpu: str | None, log_dir: str | None = None,
+                      timeout_s: float = 240.0) -> subprocess.Popen:
+    """TRL's vLLM server for GRPO's server mode, on its own GPU, healthy before training starts; the
+    caller stops it (its process group). Its output goes to ``<log_dir>/vllm-server.log`` (the run's
+    folder; a temporary file without one). A server that exits or is not healthy in ``timeout_s``
+    raises :class:`TrainingFailed` with its last log line."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import httpx
+
     env = job_env()
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    cmd = [sys.executable, "-m", "trl.cli", "vllm-serve", "--model", model, "--port", str(port)]
-    on_line("finr1-train starting " + " ".join(cmd))
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        log_path = str(Path(log_dir) / "vllm-server.log")
+    else:
+        log_path = tempfile.mktemp(prefix="finr1-trl-vllm-", suffix=".log")
+    cmd = vllm_server_command(model, port)
+    on_line(f"finr1-train starting {' '.join(cmd)} (log {log_path})")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(REPO_ROOT))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise TrainingFailed(f"vLLM server for GRPO exited with code {proc.returncode}: {_last_line(log_path)} (log: {log_path})")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                on_line(f"finr1-train vLLM server healthy on port {port}")
+                return proc
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGTERM)
+            raise TrainingFailed(f"vLLM server for GRPO not healthy after {timeout_s:.0f} s: {_last_line(log_path)} (log: {log_path})")
+        time.sleep(1)
 
 
-def _wants_vllm_server(method: str, raw: dict, overrides: dict) -> bool:
+def _last_line(path: str) -> str:
+    """The log's last error line (a traceback ends with it), else its last line."""
+    try:
+        lines = [x.strip() for x in open(path, errors="replace").read().splitlines() if x.strip()]
+    except OSError:
+        return "no log"
+    errors = [x for x in lines if _ERROR_LINE.search(x) and not _LAUNCHER_NOISE.search(x)]
+    return (errors or lines or ["empty log"])[-1][:300]
+
+
+def _wants_vllm_server(method: str, raw: dict, overrides: dict, cuda: bool | None = None) -> bool:
+    """Whether GRPO really generates on a TRL vLLM server: the recipe as the job will run it
+    (:func:`finr1_core.training.device.adapt_to_device`, which turns ``use_vllm`` off without a GPU
+    or without vLLM in this environment) asks for ``vllm_mode: server``."""
+    from finr1_core.training.device import adapt_to_device
+
+    if method != "grpo":
+        return False
     merged = {**raw, **overrides}
-    use = str(merged.get("use_vllm", False)).lower() in ("true", "1")
-    return method == "grpo" and use and merged.get("vllm_mode", "colocate") == "server" and _cuda()
+    merged["use_vllm"] = str(merged.get("use_vllm", False)).lower() in ("true", "1")
+    adapt_to_device(merged, method, _cuda() if cuda is None else cuda)
+    return bool(merged["use_vllm"]) and merged.get("vllm_mode", "colocate") == "server"
 
 
 def train(method: str, recipe: str, data_uri: str | None, output_uri: str, num_processes: int | None = None,
@@ -173,7 +228,8 @@ def train(method: str, recipe: str, data_uri: str | None, output_uri: str, num_p
         n = torch.cuda.device_count()
         port = int(overrides.get("vllm_server_port", read_yaml(recipe).get("vllm_server_port", 8000)))
         model = overrides.get("model_name_or_path") or read_yaml(recipe)["model_name_or_path"]
-        server = start_vllm_server(model, port, on_line, gpu=str(n - 1) if n > 1 else None)
+        server = start_vllm_server(model, port, on_line, gpu=str(n - 1) if n > 1 else None,
+                                   log_dir=str(checkpoints.local_dir(output_uri)))
     try:
         if launcher == "ray":
             cmd = ray_command(method, args, num_processes or 1, str(checkpoints.local_dir(output_uri) / "ray"), resolve_ray_address(ray_address))
