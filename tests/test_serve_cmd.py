@@ -95,6 +95,11 @@ def test_vllm_command_has_reasoning_parser_forced_think_and_no_key_in_argv():
     assert cmd[cmd.index("--reasoning-parser") + 1] == "finr1_think"
     assert cmd[cmd.index("--reasoning-parser-plugin") + 1] == str(REPO / "infra" / "vllm" / "think_parser.py")
     assert "k-123" not in " ".join(cmd) and srv.env()["VLLM_API_KEY"] == "k-123"
+    # a host without a GPU runs vLLM eager (the CPU build's compile warm-up: 342 s start-up against 74 s);
+    # a GPU host keeps CUDA graphs; an explicit choice wins
+    assert ("--enforce-eager" in cmd) == (not Path("/dev/nvidiactl").exists())
+    assert "--enforce-eager" in VLLMServer(MODEL, enforce_eager=True).command()
+    assert "--enforce-eager" not in VLLMServer(MODEL, enforce_eager=False).command()
     template = Path(cmd[cmd.index("--chat-template") + 1]).read_text()
     from transformers import AutoTokenizer
 
