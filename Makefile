@@ -74,9 +74,14 @@ model: setup
 demo: model vllm
 	$(BIN)/finr1 run --config configs/embedded.yaml
 
+# Two pytest-xdist workers: much of the suite waits on the servers it starts. --dist loadfile keeps a
+# test file on one worker, so module fixtures (a pipeline run, a Prefect server) run once.
+# TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+
 test: setup vllm
 	$(BIN)/finr1 prepare-model
-	$(BIN)/python -m pytest -m "not heavy" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not heavy" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # ops: a local Prefect server (127.0.0.1:4200, SQLite in $(FINR1_HOME)/prefect; Postgres when
 # PREFECT_API_DATABASE_CONNECTION_URL is set), the finr1-process pool and worker, the deployments.
