@@ -1,0 +1,90 @@
+"""Stop, break and restart cleanly (issue 23), through the real `finr1` CLI.
+
+Real Prefect (ephemeral, in `finr1` subprocesses), real local Ray, tests/fake_openai.py as teacher
+and judge (separate processes counting every request), real storage. The set-up (the `world`
+fixture, the `finr1` runner, the request counts) is tests/test_integrity_e2e.py's.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from finr1_core.storage import Store
+from tests.test_integrity_e2e import _finr1, _teacher_keys, world  # noqa: F401  (world: the shared fixture)
+
+pytestmark = pytest.mark.e2e
+
+
+def _timed(args: list[str], env: dict, timeout: int = 600):
+    t0 = time.monotonic()
+    r = _finr1(args, env, timeout)
+    return r, time.monotonic() - t0
+
+
+def _same_size_garbage(store: Store, stage: str, shard: str) -> None:
+    """Overwrite a committed shard with random bytes of exactly its size (its size check passes)."""
+    uri = store.uri(stage, f"{shard}.parquet")
+    size = len(store.read_bytes(uri))
+    store.write_bytes_atomic(uri, os.urandom(size))
+    assert store.shard_entry(stage, shard)["size"] == size
+
+
+def test_failed_and_same_size_damaged_shards_are_listed_and_rebuilt_for_free(world):
+    """Findings 4 and 5: `finr1 check` lists failed shards and exits 1 until the run is whole;
+    `check --quick` sees same-size damage; a re-run and `retry-failed` rebuild it from the cache."""
+    w = world
+    storage = w["storage"]
+    w["teacher"].configure(rate_500=1.0)  # every teacher request fails: every distill shard fails
+    first = _finr1(["run", "--config", w["config"], "--storage", storage, "--run-id", "f1", "--stop-after", "score"], w["env"])
+    assert first.returncode == 2 and "shard(s) failed" in first.stderr, first.stdout[-3000:] + first.stderr[-3000:]
+    store = Store(storage, "f1")
+    prompts = [e["shard"] for e in store.shards("prompts")]
+    assert len(prompts) == 4 and store.shards("distill") == []
+
+    chk = _finr1(["check", "f1", "--storage", storage], w["env"], 120)
+    lines = chk.stdout.splitlines()
+    assert chk.returncode == 1, chk.stdout + chk.stderr
+    assert f"distill: 4 shard(s), in progress: 0 ok, 0 missing, 0 damaged, 4 failed" in lines, chk.stdout
+    assert all(f"  failed   distill/{s}" in lines for s in prompts), chk.stdout
+    assert lines[-1] == f"4 shard(s) missing, damaged or failed; repair: finr1 retry-failed f1 --storage {storage}"
+
+    w["teacher"].configure(rate_500=0.0)
+    fixed = _finr1(["retry-failed", "f1", "--storage", storage, "--stop-after", "score"], w["env"])
+    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
+    paid = Counter(k for k, n in w["teacher"].stats()["served_ok"].items() for _ in range(n))
+    clean = {r["key"] for r in store.read_rows("distill")}
+    assert set(paid) == clean and set(paid.values()) == {1} and len(clean) == 8
+    chk = _finr1(["check", "f1", "--storage", storage], w["env"], 120)
+    assert chk.returncode == 0 and chk.stdout.splitlines()[-1] == "all shards intact", chk.stdout + chk.stderr
+    sent = len(_teacher_keys(w))
+
+    # same-size damage: both checks see it
+    _same_size_garbage(store, "distill", "shard-00001")
+    quick, quick_s = _timed(["check", "f1", "--storage", storage, "--quick"], w["env"], 120)
+    assert quick.returncode == 1 and "  damaged  distill/shard-00001" in quick.stdout.splitlines(), quick.stdout + quick.stderr
+    deep = _finr1(["check", "f1", "--storage", storage], w["env"], 120)
+    assert deep.returncode == 1 and "  damaged  distill/shard-00001" in deep.stdout.splitlines(), deep.stdout + deep.stderr
+
+    # a plain re-run rebuilds it from the response cache: 0 new teacher requests
+    again, again_s = _timed(["run", "--config", w["config"], "--storage", storage, "--run-id", "f1", "--stop-after", "score"], w["env"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert len(_teacher_keys(w)) == sent
+    assert _finr1(["check", "f1", "--storage", storage], w["env"], 120).returncode == 0
+
+    # and so does retry-failed, which names it
+    _same_size_garbage(store, "distill", "shard-00002")
+    retry, retry_s = _timed(["retry-failed", "f1", "--storage", storage, "--stop-after", "score"], w["env"])
+    assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
+    assert "distill: 1 shard(s) to redo: shard-00002" in retry.stdout, retry.stdout[-2000:]
+    assert len(_teacher_keys(w)) == sent
+    chk = _finr1(["check", "f1", "--storage", storage], w["env"], 120)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    keys = [r["key"] for r in store.read_rows("distill")]
+    assert sorted(keys) == sorted(clean)
+    print(f"same-size damage: check --quick exit 1 in {quick_s:.1f}s; re-run exit 0 in {again_s:.1f}s, "
+          f"retry-failed exit 0 in {retry_s:.1f}s; teacher requests after the damage: {len(_teacher_keys(w)) - sent}")
+    assert not list(Path(storage, "f1").rglob(".tmp-*"))
