@@ -33,8 +33,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from finr1_core.config import RUN_ID_RE
-
 
 def config_hash(obj: Any) -> str:
     """A short stable hash of any JSON-serialisable object (used to tag shards with their config)."""
@@ -103,8 +101,8 @@ class Store:
     """One run's view of the storage root: ``<root>/<run_id>/``."""
 
     def __init__(self, root: str, run_id: str, storage_options: dict | None = None):
-        if run_id and not RUN_ID_RE.match(run_id):  # never a path out of the root ("../x", "a/b")
-            raise ValueError(f"run id {run_id!r}: must be 1-128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if run_id in (".", "..") or any(c in run_id for c in "/\\\0"):  # one name under the root, never a path out of it
+            raise ValueError(f"run id {run_id!r}: must be one name under the storage root, not a path")
         self.root = root.rstrip("/")
         self.run_id = run_id
         opts = storage_options if storage_options is not None else storage_options_from_env(root)

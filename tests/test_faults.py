@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from finr1_core.storage import Store
-from tests.test_integrity_e2e import _finr1, _teacher_keys, world  # noqa: F401  (world: the shared fixture)
+from tests.test_integrity_e2e import _finr1, _teacher_keys
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +48,7 @@ def test_failed_and_same_size_damaged_shards_are_listed_and_rebuilt_for_free(wor
     chk = _finr1(["check", "f1", "--storage", storage], w["env"], 120)
     lines = chk.stdout.splitlines()
     assert chk.returncode == 1, chk.stdout + chk.stderr
-    assert f"distill: 4 shard(s), in progress: 0 ok, 0 missing, 0 damaged, 4 failed" in lines, chk.stdout
+    assert "distill: 4 shard(s), in progress: 0 ok, 0 missing, 0 damaged, 4 failed" in lines, chk.stdout
     assert all(f"  failed   distill/{s}" in lines for s in prompts), chk.stdout
     assert lines[-1] == f"4 shard(s) missing, damaged or failed; repair: finr1 retry-failed f1 --storage {storage}"
 
@@ -88,3 +88,39 @@ def test_failed_and_same_size_damaged_shards_are_listed_and_rebuilt_for_free(wor
     print(f"same-size damage: check --quick exit 1 in {quick_s:.1f}s; re-run exit 0 in {again_s:.1f}s, "
           f"retry-failed exit 0 in {retry_s:.1f}s; teacher requests after the damage: {len(_teacher_keys(w)) - sent}")
     assert not list(Path(storage, "f1").rglob(".tmp-*"))
+
+
+# ------------------------------------------------------------------ findings 7 and 8: hostile ids, bad paths
+def _one_line_error(r, *needles: str) -> None:
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr[-3000:]
+    assert all(n in r.stderr for n in needles), r.stderr
+
+
+def test_commands_refuse_run_ids_and_paths_outside_the_storage_root(tmp_path):
+    """Finding 7: a run id that is a path never reaches a run outside the storage root; finding 8:
+    a storage root that is a file and a config that is a directory are one line naming the field."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    other = Store(str(tmp_path / "other" / "runs"), "i1")  # a whole run, outside the storage root
+    other.write_json(other.uri("config.json"), {"run_id": "i1"})
+    other.write_shard("prompts", "shard-00000", [{"k": 1}], cfg_hash="h")
+    other.complete_stage("prompts", "h")
+    root = tmp_path / "root" / "runs"
+    root.mkdir(parents=True)
+    hostile = "../../other/runs/i1"
+    assert (root / hostile).resolve() == (tmp_path / "other" / "runs" / "i1").resolve()
+    for args in (["check", hostile], ["check", hostile, "--quick"], ["retry-failed", hostile], ["release", "push", hostile, "--repo", "o/n"]):
+        _one_line_error(_finr1([*args, "--storage", str(root)], env, 120), "RUN_ID: must be 1-128 characters", repr(hostile))
+    before = sorted(p.name for p in (tmp_path / "other" / "runs" / "i1").rglob("*"))
+    r = _finr1(["run", "--run-id", hostile, "--storage", str(root)], env, 120)
+    _one_line_error(r, "--run-id: must be 1-128 characters")
+    assert sorted(p.name for p in (tmp_path / "other" / "runs" / "i1").rglob("*")) == before  # nothing read or written there
+
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    for args in (["check", "r1"], ["retry-failed", "r1"]):
+        _one_line_error(_finr1([*args, "--storage", str(a_file)], env, 120), f"--storage: {a_file} is a file, not a directory")
+    _one_line_error(_finr1(["run", "--storage", str(a_file)], env, 120), f"config error: storage_root: {a_file} is a file, not a directory")
+    _one_line_error(_finr1(["run", "--storage", str(a_file / "runs")], env, 120), "config error: storage_root:", "(in the path) is a file")
+    _one_line_error(_finr1(["run", "--config", str(tmp_path)], env, 120), f"config error: {tmp_path} is a directory, not a YAML file")
+    _one_line_error(_finr1(["run", "--dry-run", "--config", str(tmp_path)], env, 120), "is a directory, not a YAML file")
