@@ -2,24 +2,14 @@
 
 - :mod:`.keys`: request keys, the prompt text that enters them, parsing of a teacher's output;
 - :mod:`.cache`: :class:`ResponseCache`, one JSON object per completed response;
-- :mod:`.pool`: Ray start-up and clean shutdown, the teacher worker actors and their request queue;
+- :mod:`.ray_runtime`: Ray start-up and clean shutdown, the scanning and ending of its processes;
+- :mod:`.pool`: the teacher worker actors and their request queue;
 - :mod:`.shard`: :func:`distill_shard`, one shard exactly once.
 """
 from .cache import ResponseCache, response_cache_root
 from .keys import effective_prefix, parse_trace, render_prompt_text, request_key, sampling_dict
-from .pool import (
-    RequestQueue,
-    TeacherWorker,
-    drop_pool,
-    end_processes,
-    install_exit_hooks,
-    ray_init,
-    ray_shutdown,
-    run_requests,
-    session_processes,
-    warm_workers,
-    worker_pool,
-)
+from .pool import RequestQueue, TeacherWorker, drop_pool, run_requests, warm_workers, worker_pool
+from .ray_runtime import end_processes, install_exit_hooks, ray_init, ray_shutdown, session_processes
 from .shard import (
     STAGE,
     TRACE_SCHEMA,

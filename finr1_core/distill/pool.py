@@ -1,5 +1,5 @@
-"""The Ray side of distillation: Ray start-up and clean shutdown, the teacher worker actors and
-the shared request queue they pull from.
+"""The worker pool of distillation: the teacher worker actors and the shared request queue they
+pull from (Ray itself is started and stopped by :mod:`.ray_runtime`).
 
 Work stealing: a shard's missing requests go into one :class:`RequestQueue` actor. Every
 :class:`TeacherWorker` runs as many lanes as its client has concurrency slots; a lane takes the
@@ -10,11 +10,7 @@ response is written to the response cache the moment it completes.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import os
-import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -24,142 +20,9 @@ from typing import Any, Callable
 from ..llm import ClientSpec, LLMError, Sampling
 from ..storage import config_hash
 from .cache import ResponseCache
+from .ray_runtime import on_shutdown, ray_init
 
 log = logging.getLogger(__name__)
-
-# =========================================================================== Ray start and stop
-_RAY_LOCK = threading.Lock()
-_SESSION: dict[str, Any] = {"temp_dir": None, "atexit": False, "sigterm": False}
-
-
-def ray_init(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Initialise Ray once per process, behind a lock.
-
-    ``address`` None starts a local Ray (no dashboard, a fresh temp dir, auth off unless the
-    environment says otherwise), stopped with every helper process it started by
-    :func:`ray_shutdown` at exit or on SIGTERM; ``'auto'`` or ``'ray://host:10001'`` joins a
-    cluster. If Ray is already initialised in this process, this does nothing.
-    """
-    import ray
-
-    with _RAY_LOCK:
-        if ray.is_initialized():
-            return
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if address not in (None, "", "local"):
-            ray.init(address=address, logging_level=logging.WARNING)
-            return
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # Ray's OOM killer picks its own newest workers: here, the small I/O-bound teacher
-        # actors, while the memory is held by a model server outside Ray. Off for the local Ray.
-        os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-        temp_dir = tempfile.mkdtemp(prefix="finr1-ray-")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, logging_level=logging.WARNING)
-        _SESSION["temp_dir"] = temp_dir
-        install_exit_hooks()
-
-
-def install_exit_hooks() -> None:
-    """Call :func:`ray_shutdown` at exit and on SIGTERM (then the previous SIGTERM handler runs).
-    :func:`ray_init` does this itself; the SIGTERM part needs the main thread, so a program that
-    starts Ray from a worker thread calls this once from its main thread."""
-    if not _SESSION["atexit"]:
-        _SESSION["atexit"] = True
-        atexit.register(ray_shutdown)
-    if _SESSION["sigterm"] or threading.current_thread() is not threading.main_thread():
-        return  # signal handlers can only be set from the main thread; atexit still covers exit
-    _SESSION["sigterm"] = True
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        ray_shutdown()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def ray_shutdown(grace_s: float = 3.0) -> list[int]:
-    """``ray.shutdown()``, then end every process the local Ray session of this process started
-    (GCS, raylet, agents, workers) that is still alive. Returns the PIDs that had to be ended.
-    Safe to call more than once; for a cluster (``ray://``, ``auto``) it only disconnects."""
-    import ray
-
-    temp_dir = _SESSION["temp_dir"]
-    procs = session_processes(temp_dir) if temp_dir else []
-    try:
-        if ray.is_initialized():
-            ray.shutdown()
-    finally:
-        drop_pool()
-        _SESSION["temp_dir"] = None
-    return end_processes(procs, grace_s)
-
-
-def _proc_table() -> dict[int, tuple[int, str, str]]:
-    """pid -> (parent pid, start time, command line) for every process we can read."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        out[int(d)] = (int(fields[1]), fields[19], cmd)
-    return out
-
-
-def session_processes(*markers: str) -> list[tuple[int, str]]:
-    """(pid, start time) of the processes of a Ray session: those whose command line contains one
-    of ``markers`` (the session's temp dir names GCS, raylet and monitors; a head's GCS address
-    names its Ray Client server) and all their descendants (agents and workers, renamed
-    ``ray::...``). Never this process."""
-    table = _proc_table()
-    me = os.getpid()
-    found = {p for p, (_, _, cmd) in table.items() if p != me and any(m and m in cmd for m in markers)}
-    grew = True
-    while grew:
-        kids = {p for p, (pp, _, _) in table.items() if pp in found and p not in found and p != me}
-        grew = bool(kids)
-        found |= kids
-    return [(p, table[p][1]) for p in sorted(found)]
-
-
-def _alive(pid: int, start: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    fields = stat[stat.rfind(")") + 2:].split()
-    return fields[19] == start and fields[0] != "Z"  # same process (not a reused PID), not a zombie
-
-
-def end_processes(procs: list[tuple[int, str]], grace_s: float = 3.0) -> list[int]:
-    """SIGTERM the processes still alive (same PID and start time), SIGKILL those left after
-    ``grace_s``. Returns the PIDs that were alive."""
-    left = [(p, s) for p, s in procs if _alive(p, s)]
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
-        for p, _ in left:
-            try:
-                os.kill(p, sig)
-            except OSError:
-                pass
-        t = time.monotonic()
-        while left and time.monotonic() - t < wait:
-            time.sleep(0.05)
-            left = [(p, s) for p, s in left if _alive(p, s)]
-        if not left:
-            break
-    return [p for p, s in procs if (p, s) not in left]
 
 
 # =========================================================================== the actors
@@ -329,6 +192,9 @@ def worker_pool(n: int) -> tuple[list, Any]:
 def drop_pool() -> None:
     with _POOL_LOCK:
         _POOL.update(job=None, workers=[], queue=None)
+
+
+on_shutdown(drop_pool)  # the actors end with the Ray session
 
 
 def warm_workers(distill_cfg: Any) -> None:

@@ -10,7 +10,8 @@ production reaches vLLM. Three request modes:
   ``continue_final_message=true, add_generation_prompt=false`` (vLLM, SGLang).
 - ``chat``: plain chat completions, no prefix (hosted APIs, judges).
 
-Reliability (all inside :class:`LLMClient`):
+Reliability (:class:`LLMClient`, with its :class:`~.policy.CallPolicy` and the per-endpoint
+:class:`~.limits.EndpointState`):
 
 - several endpoints; each request goes to the healthy endpoint with the fewest requests queued or
   in flight relative to its concurrency cap;
@@ -28,7 +29,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,9 +38,9 @@ import httpx
 import openai
 
 from .limits import EndpointState
+from .policy import CallPolicy, LLMError
 from .render import ChatRenderer, chat_messages, get_renderer
 
-RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MODES = ("completions", "chat-prefill", "chat")
 KEY_HEADER = "X-Finr1-Request-Key"  # lets a server (and our fake one) count requests per key
 
@@ -79,10 +79,6 @@ class Completion:
     started_at: str
     ended_at: str
     prompt_sent: str  # the exact prompt text (completions) or rendered messages (chat) sent
-
-
-class LLMError(RuntimeError):
-    """Raised when a request still fails after all retries (or fails in a way no retry can fix)."""
 
 
 class _Retryable(Exception):
@@ -129,12 +125,7 @@ class LLMClient:
         self.mode = mode
         self.tokenizer_path = tokenizer_path
         self.max_concurrency = max_concurrency
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self.breaker_threshold = max(1, breaker_threshold)
-        self.breaker_cooldown_s = breaker_cooldown_s
+        self.policy = CallPolicy(timeout_s, max_retries, backoff_base_s, backoff_max_s, breaker_threshold, breaker_cooldown_s)
         self._states = {
             e.name: EndpointState(e, e.max_concurrency or max_concurrency, e.rpm or rpm, e.tpm or tpm) for e in self.endpoints
         }
@@ -168,10 +159,10 @@ class LLMClient:
             c = openai.AsyncOpenAI(
                 base_url=ep.base_url,
                 api_key=ep.api_key or "EMPTY",
-                timeout=self.timeout_s,
+                timeout=self.policy.timeout_s,
                 max_retries=0,  # retries are ours, with jitter
                 http_client=openai.DefaultAsyncHttpxClient(
-                    timeout=self.timeout_s,
+                    timeout=self.policy.timeout_s,
                     limits=httpx.Limits(max_connections=max(cap * 2, 16), max_keepalive_connections=max(cap * 2, 16)),
                 ),
             )
@@ -195,31 +186,17 @@ class LLMClient:
         best = min(s.assigned / s.cap for s in healthy)
         return random.choice([s for s in healthy if s.assigned / s.cap == best])
 
-    def _on_success(self, st: EndpointState) -> None:
-        st.ok += 1
-        st.consecutive_failures = 0
-        st.half_open_trial = False
-        st.open_until = 0.0
-
-    def _on_failure(self, st: EndpointState) -> None:
-        st.failed += 1
-        st.consecutive_failures += 1
-        if st.consecutive_failures < self.breaker_threshold and not st.half_open_trial:
-            return
+    async def _endpoint(self) -> EndpointState:
+        """:meth:`_pick`; when every endpoint is ejected, wait for the first to come back."""
+        st = self._pick()
         now = time.monotonic()
-        if any(o is not st and o.available(now) for o in self._states.values()):
-            # eject only while another endpoint can take the traffic (a lone endpoint just backs off)
-            st.open_until = time.monotonic() + self.breaker_cooldown_s
-            st.half_open_trial = True  # the first request after the cool-down is a trial
-            st.consecutive_failures = 0
-            st.ejections += 1
+        if not st.available(now):
+            await asyncio.sleep(st.open_until - now)
+        return st
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        d = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        d = d * (0.5 + random.random())  # jitter
-        if retry_after is not None:
-            d = max(d, min(retry_after, self.backoff_max_s))
-        return d
+    def _ejected_while_queued(self, st: EndpointState) -> bool:
+        """``st`` was ejected while the request queued for it, and another endpoint is healthy."""
+        return not st.available(time.monotonic()) and any(s.available(time.monotonic()) for s in self._states.values())
 
     # ------------------------------------------------------------------ one attempt
     async def _once(
@@ -266,53 +243,31 @@ class LLMClient:
         """One completion with retries. ``prompt`` (optional) is a pre-rendered prompt text for
         ``completions`` mode; ``key`` (optional) is sent as a header for server-side accounting."""
         started = _now()
-        last_err = "no attempt made"
-        attempt = 0
-        est_tokens = (len(prompt) if prompt else sum(len(str(m.get("content", ""))) for m in messages)) / 4 + sampling.max_tokens
-        while attempt <= self.max_retries:
-            st = self._pick()
-            now = time.monotonic()
-            if not st.available(now):  # every endpoint is ejected: wait for the first to come back
-                await asyncio.sleep(st.open_until - now)
+        est_tokens = _estimate_tokens(messages, sampling, prompt)
+        attempt, last_err = 0, "no attempt made"
+        while self.policy.should_retry(attempt):
+            st = await self._endpoint()
             st.assigned += 1
             retry_after: float | None = None
             try:
                 async with st.semaphore():
-                    if not st.available(time.monotonic()) and any(s.available(time.monotonic()) for s in self._states.values()):
-                        continue  # ejected while we queued: go elsewhere (not an attempt)
+                    if self._ejected_while_queued(st):
+                        continue  # go elsewhere (not an attempt)
                     attempt += 1
-                    if st.rpm:
-                        await st.rpm.take(1)
-                    if st.tpm:
-                        await st.tpm.take(est_tokens)
+                    await st.acquire(est_tokens)
                     text, finish, pt, ct, sent = await asyncio.wait_for(
-                        self._once(st.ep, messages, sampling, prefix, prompt, key), self.timeout_s
+                        self._once(st.ep, messages, sampling, prefix, prompt, key), self.policy.timeout_s
                     )
-                    if st.tpm:
-                        st.tpm.refund(est_tokens - (pt + ct or est_tokens))
-                self._on_success(st)
+                    st.refund(est_tokens, pt + ct)
+                self.policy.record_success(st)
                 return Completion(text, finish, pt, ct, st.ep.name, attempt, started, _now(), sent)
-            except openai.APIStatusError as e:
-                if e.status_code not in RETRYABLE_STATUS:
-                    raise LLMError(f"{st.ep.name}: HTTP {e.status_code}: {_safe(str(e))}") from None
-                last_err = f"HTTP {e.status_code}"
-                retry_after = _retry_after(e)
-                self._on_failure(st)
-            except (asyncio.TimeoutError, openai.APITimeoutError):
-                last_err = f"timeout after {self.timeout_s:g}s"
-                self._on_failure(st)
-            except openai.APIConnectionError as e:
-                last_err = f"connection error: {type(e).__name__}"
-                self._on_failure(st)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # empty body, malformed JSON, missing fields
-                last_err = f"malformed response: {type(e).__name__}: {_safe(str(e))}"
-                self._on_failure(st)
+            except Exception as e:  # noqa: BLE001 - the policy decides: another attempt, or LLMError
+                last_err, retry_after = self.policy.failure(e, st.ep.name)
+                self.policy.record_failure(st, self._states.values())
             finally:
                 st.assigned -= 1
-            if attempt <= self.max_retries:
-                await asyncio.sleep(self._backoff(attempt, retry_after))
+            if self.policy.should_retry(attempt):
+                await asyncio.sleep(self.policy.delay(attempt, retry_after))
         raise LLMError(f"request failed after {attempt} attempts: {last_err}")
 
     async def aclose(self) -> None:
@@ -346,20 +301,9 @@ def _first_choice(r: Any) -> Any:
     return choices[0]
 
 
-def _retry_after(e: openai.APIStatusError) -> float | None:
-    try:
-        v = e.response.headers.get("retry-after")
-        return float(v) if v is not None else None
-    except Exception:
-        return None
-
-
-_KEYISH = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+)")
-
-
-def _safe(msg: str) -> str:
-    """Trim an upstream error message and scrub anything that looks like a credential."""
-    return _KEYISH.sub("<redacted>", msg)[:200]
+def _estimate_tokens(messages: Sequence[dict], sampling: Sampling, prompt: str | None) -> float:
+    """What a request will cost against a tokens-per-minute limit before its usage is known."""
+    return (len(prompt) if prompt else sum(len(str(m.get("content", ""))) for m in messages)) / 4 + sampling.max_tokens
 
 
 def api_key_from_env(var: str | None) -> str:

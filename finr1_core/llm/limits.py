@@ -68,6 +68,18 @@ class EndpointState:
     def available(self, now: float) -> bool:
         return now >= self.open_until
 
+    async def acquire(self, est_tokens: float) -> None:
+        """Wait for the rate limits: one request, ``est_tokens`` tokens (settled by :meth:`refund`)."""
+        if self.rpm:
+            await self.rpm.take(1)
+        if self.tpm:
+            await self.tpm.take(est_tokens)
+
+    def refund(self, est_tokens: float, used_tokens: int) -> None:
+        """Settle the tokens-per-minute charge once the real usage is known (none reported: as estimated)."""
+        if self.tpm:
+            self.tpm.refund(est_tokens - (used_tokens or est_tokens))
+
     def reset_loop(self) -> None:
         """Drop the semaphore and bucket locks: they belong to the event loop that is closing."""
         self.sem = None
