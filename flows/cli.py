@@ -44,7 +44,7 @@ def prepare_model(force: bool = typer.Option(False, help="Redo the conversion ev
 
 
 def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id: str | None, stop_after: str | None,
-              wait: bool = False, check_endpoints: bool = True, keep_temp: bool = False) -> None:
+              wait: bool = False, check_endpoints: bool = True, keep_temp: bool = False, cleanup: list | None = None) -> None:
     import os
     import time
 
@@ -74,10 +74,12 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
 
     install_exit_hooks()  # no Ray process this run starts outlives it (Ctrl-C, SIGTERM, exit)
     from flows.pipeline import finr1_pipeline
+    from flows.stopping import run_stoppable
 
     t0 = time.time()
-    state = finr1_pipeline(config=config or "configs/embedded.yaml", storage_root=storage, limit=limit, run_id=run_id, stop_after=stop_after,
-                           wait=wait, return_state=True)
+    # Ctrl-C / SIGTERM: no new teacher request, answers in flight cached, every process ended (flows/stopping.py)
+    state = run_stoppable(lambda: finr1_pipeline(config=config or "configs/embedded.yaml", storage_root=storage, limit=limit, run_id=run_id,
+                                                 stop_after=stop_after, wait=wait, return_state=True), cleanup=cleanup)
     if not state.is_completed():
         fail(f"run failed: {state.message}")
     out = state.result()
@@ -149,13 +151,18 @@ def retry_failed(
         console.print(f"{stage}: {len(missing)} shard(s) to redo{': ' + ', '.join(missing) if missing else ''}")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"finr1-{run_id}-", delete=False) as f:
         yaml.safe_dump(cfg.public_dict(), f, allow_unicode=True)
-    try:
-        _run_flow(f.name, storage, None, run_id, stop_after, wait=wait, check_endpoints=not no_preflight, keep_temp=keep_temp)
-    finally:
+
+    def remove_config() -> None:
         if keep_temp:
-            console.print(f"kept: {f.name}", highlight=False, markup=False)
-        else:
+            print(f"kept: {f.name}", flush=True)
+        elif os.path.exists(f.name):
             os.unlink(f.name)
+
+    try:
+        _run_flow(f.name, storage, None, run_id, stop_after, wait=wait, check_endpoints=not no_preflight, keep_temp=keep_temp,
+                  cleanup=[remove_config])
+    finally:
+        remove_config()
 
 
 # ---------------------------------------------------------------- ingest: sources, ingest

@@ -7,6 +7,7 @@ fixture, the `finr1` runner, the request counts) is tests/test_integrity_e2e.py'
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -124,3 +125,100 @@ def test_commands_refuse_run_ids_and_paths_outside_the_storage_root(tmp_path):
     _one_line_error(_finr1(["run", "--storage", str(a_file / "runs")], env, 120), "config error: storage_root:", "(in the path) is a file")
     _one_line_error(_finr1(["run", "--config", str(tmp_path)], env, 120), f"config error: {tmp_path} is a directory, not a YAML file")
     _one_line_error(_finr1(["run", "--dry-run", "--config", str(tmp_path)], env, 120), "is a directory, not a YAML file")
+
+
+# ------------------------------------------------------------------ findings 1, 2, 3: Ctrl-C and SIGTERM
+def _serial_config(w, path: Path) -> str:
+    """One shard of 8 requests, 2 in flight at a time, 1.5 s each: a signal lands mid-shard."""
+    import yaml
+
+    cfg = {**w["cfg"], "distill": {**w["cfg"]["distill"], "shard_size": 8}}
+    cfg["teacher"] = {**cfg["teacher"], "max_concurrency": 2}
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    w["teacher"].configure(latency_ms=1500)
+    return str(path)
+
+
+def _start(args: list[str], env: dict):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], env=env, cwd=Path(__file__).resolve().parent.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _signal_mid_shard(w, p, sig: int, group: bool, after: int = 3) -> tuple[float, list, int]:
+    """Send ``sig`` once ``after`` teacher requests arrived; (wall time of the signal, the run's
+    processes just before it, requests received by then)."""
+    from finr1_core.distill import child_processes
+
+    deadline = time.monotonic() + 240
+    while len(_teacher_keys(w)) < after:
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
+        time.sleep(0.05)
+    procs = child_processes(p.pid)
+    t_sig = time.time()
+    (os.killpg if group else os.kill)(p.pid, sig)
+    return t_sig, procs, len(_teacher_keys(w))
+
+
+def _alive(procs) -> list[int]:
+    out = []
+    for pid, start in procs:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] != "Z":
+            out.append(pid)
+    return out
+
+
+def _leftovers(tmp: Path) -> list[str]:
+    return sorted(p.name for p in tmp.iterdir() if p.name.startswith("finr1-ray-") or (p.name.startswith("finr1-") and p.name.endswith(".yaml")))
+
+
+@pytest.fixture
+def short_tmp():
+    """A short TMPDIR for the run (Ray's socket paths must stay under 107 characters)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="f23-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_ctrl_c_stops_within_10s_sends_nothing_after_and_a_rerun_pays_once(world, short_tmp):
+    """Findings 1 and 2: Ctrl-C to the terminal's process group mid-shard."""
+    w = world
+    env = {**w["env"], "TMPDIR": str(short_tmp)}
+    config = _serial_config(w, w["tmp"] / "serial.yaml")
+    args = ["run", "--config", config, "--storage", w["storage"], "--run-id", "c1", "--stop-after", "score"]
+    p = _start(args, env)
+    t_sig, procs, at_signal = _signal_mid_shard(w, p, signal.SIGINT, group=True)
+    out, err = p.communicate(timeout=60)
+    exit_s = time.time() - t_sig
+    assert p.returncode == 130, err[-3000:]
+    assert exit_s < 10, (exit_s, err[-3000:])
+    assert "SIGINT: stopping" in err and "resume: finr1 run --run-id c1" in err, err[-3000:]
+    reqs = w["teacher"].requests()
+    assert all(r["t"] <= t_sig + 0.05 for r in reqs if r.get("key")), [r["t"] - t_sig for r in reqs]  # nothing sent after the signal
+    assert len(_teacher_keys(w)) == at_signal
+    time.sleep(0.5)
+    assert _alive(procs) == [], [open(f"/proc/{q}/cmdline").read()[:120] for q in _alive(procs)]
+    assert _leftovers(short_tmp) == []
+    # every answer that arrived is cached: the re-run (started at once: the lease is free) pays only for the rest
+    from finr1_core.distill import ResponseCache, response_cache_root
+
+    served = set(w["teacher"].stats()["served_ok"])
+    cached = ResponseCache(response_cache_root(w["storage"])).keys()
+    assert served and served <= cached, (served - cached)
+    w["teacher"].configure(latency_ms=100)
+    again, again_s = _timed(args, env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    paid = w["teacher"].stats()["served_ok"]
+    assert len(paid) == 8 and set(paid.values()) == {1}, paid
+    assert _leftovers(short_tmp) == []
+    print(f"Ctrl-C: exit 130 {exit_s:.1f}s after the signal, {at_signal} requests before it, 0 after; "
+          f"{len(served)} answers cached; re-run exit 0 in {again_s:.1f}s, {len(paid)} keys paid once each ({sum(paid.values())} requests)")

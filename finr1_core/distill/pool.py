@@ -31,10 +31,20 @@ class RequestQueue:
 
     def __init__(self) -> None:
         self._jobs: dict[str, deque] = {}
+        self._stopped = False
 
     def put(self, job_id: str, reqs: list[dict]) -> int:
+        if self._stopped:
+            return 0
         self._jobs[job_id] = deque(reqs)
         return len(reqs)
+
+    def stop(self) -> int:
+        """Drop every pending request, and refuse new ones (the run is stopping). Returns how many were dropped."""
+        self._stopped = True
+        n = sum(len(q) for q in self._jobs.values())
+        self._jobs.clear()
+        return n
 
     def take(self, job_id: str, n: int) -> list[dict]:
         q = self._jobs.get(job_id)
@@ -61,12 +71,27 @@ class TeacherWorker:
         self._clients: dict[str, Any] = {}
         self._caches: dict[str, ResponseCache] = {}
         self._progress: dict[str, dict] = {}
+        self._stopped = False
+        self._inflight = 0  # requests taken by a lane and not yet answered and cached
 
     def client(self, spec: ClientSpec) -> Any:
         h = config_hash(spec.to_dict())
         if h not in self._clients:
             self._clients[h] = spec.build()
+            if self._stopped:
+                self._clients[h].policy.stop()
         return self._clients[h]
+
+    def stop(self) -> int:
+        """Start no new request (first attempts and retries alike); requests in flight finish and are
+        cached. Returns the number in flight."""
+        self._stopped = True
+        for c in self._clients.values():
+            c.policy.stop()
+        return self._inflight
+
+    def inflight(self) -> int:
+        return self._inflight
 
     def cache(self, root: str, opts: dict) -> ResponseCache:
         h = config_hash([root, sorted(opts)])
@@ -90,8 +115,14 @@ class TeacherWorker:
         out: list[dict] = []
 
         async def lane() -> None:
-            while (r := await take()) is not None:
-                out.append(await _one(client, cache, sampling, job, r, prog))
+            while not self._stopped and (r := await take()) is not None:
+                if self._stopped:
+                    break
+                self._inflight += 1
+                try:
+                    out.append(await _one(client, cache, sampling, job, r, prog))
+                finally:
+                    self._inflight -= 1
 
         try:
             await asyncio.gather(*(lane() for _ in range(lanes)))
@@ -169,6 +200,42 @@ async def _put_with_retries(cache: ResponseCache, rec: dict, tries: int = 4) -> 
 # =========================================================================== the pool
 _POOL_LOCK = threading.Lock()
 _POOL: dict[str, Any] = {"job": None, "workers": [], "queue": None}
+_STOPPED = threading.Event()  # this process is stopping: run_requests sends nothing more
+
+
+def stop_requests(grace_s: float = 8.0, log_fn: Callable[[str], None] | None = None) -> int:
+    """Stop distillation in this process: no teacher request starts from now on (the queue drops
+    what is pending, every worker's client refuses new attempts and retries), and wait up to
+    ``grace_s`` for the requests in flight, whose responses the workers cache as they arrive.
+    Returns how many were still in flight when it gave up (0: every response that arrived is cached)."""
+    _STOPPED.set()
+    with _POOL_LOCK:
+        workers, queue = list(_POOL["workers"]), _POOL["queue"]
+    if not workers and queue is None:
+        return 0
+    import ray
+
+    deadline = time.monotonic() + grace_s
+    try:
+        refs = [w.stop.remote() for w in workers] + ([queue.stop.remote()] if queue is not None else [])
+        ray.get(refs, timeout=max(0.5, min(3.0, grace_s)))
+        n = -1
+        while True:
+            n = sum(ray.get([w.inflight.remote() for w in workers], timeout=max(0.5, min(2.0, deadline - time.monotonic()))))
+            if n == 0 or time.monotonic() >= deadline:
+                return n
+            if log_fn is not None:
+                log_fn(f"waiting for {n} teacher request(s) in flight (up to {max(0.0, deadline - time.monotonic()):.0f}s more)")
+                log_fn = None
+            time.sleep(0.1)
+    except Exception as e:  # noqa: BLE001 - Ray already gone: nothing left to wait for
+        log.warning("stopping the workers: %s", type(e).__name__)
+        return -1
+
+
+def stopping() -> bool:
+    """Whether :func:`stop_requests` was called in this process."""
+    return _STOPPED.is_set()
 
 
 def worker_pool(n: int) -> tuple[list, Any]:
@@ -216,6 +283,8 @@ def run_requests(reqs: list[dict], spec: ClientSpec, job: dict, cache_root: str,
     exactly one of the first two."""
     import ray
 
+    if _STOPPED.is_set():
+        return {}, {r["key"]: "stopped: no new request is sent" for r in reqs}, []
     ray_init(distill_cfg.ray_address, distill_cfg.ray_num_cpus)
     n = max(1, min(distill_cfg.num_workers, len(reqs)))
     workers, queue = worker_pool(distill_cfg.num_workers)
