@@ -64,6 +64,9 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
         fail(str(e))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's driver otherwise takes SIGTERM over with absl's failure handler, which aborts the
+    # process 3 s later (exit -6) while the clean stop (flows/stopping.py) is still caching answers
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if keep_temp:
         os.environ["FINR1_KEEP_TEMP"] = "1"  # Ray's session folder stays (finr1_core.distill's shutdown reads it)
     # no network here, and its heartbeat races the ephemeral server for the SQLite lock

@@ -222,3 +222,62 @@ def test_ctrl_c_stops_within_10s_sends_nothing_after_and_a_rerun_pays_once(world
     assert _leftovers(short_tmp) == []
     print(f"Ctrl-C: exit 130 {exit_s:.1f}s after the signal, {at_signal} requests before it, 0 after; "
           f"{len(served)} answers cached; re-run exit 0 in {again_s:.1f}s, {len(paid)} keys paid once each ({sum(paid.values())} requests)")
+
+
+def test_sigterm_and_a_second_ctrl_c_stop_at_once_and_a_dead_holder_is_taken_over(world, short_tmp):
+    """Finding 3: SIGTERM to `finr1 run` alone leaves nothing running, its answers in flight are
+    cached and an immediate re-run starts; a second Ctrl-C stops at once; a lease left by a dead
+    process of this host does not block the next run."""
+    w = world
+    env = {**w["env"], "TMPDIR": str(short_tmp)}
+    config = _serial_config(w, w["tmp"] / "serial.yaml")
+    args = ["run", "--config", config, "--storage", w["storage"], "--run-id", "t1", "--stop-after", "score"]
+    from finr1_core.distill import ResponseCache, response_cache_root
+
+    cache = ResponseCache(response_cache_root(w["storage"]))
+
+    p = _start(args, env)
+    t_sig, procs, at_term = _signal_mid_shard(w, p, signal.SIGTERM, group=False)
+    _, err = p.communicate(timeout=60)
+    term_s = time.time() - t_sig
+    assert p.returncode == 143 and term_s < 6, (p.returncode, term_s, err[-3000:])
+    assert all(r["t"] <= t_sig + 0.05 for r in w["teacher"].requests() if r.get("key"))
+    time.sleep(0.5)
+    assert _alive(procs) == [] and len(procs) >= 3, procs  # Prefect's server, Ray's processes: none orphaned
+    served = set(w["teacher"].stats()["served_ok"])
+    assert served <= cache.keys(), served - cache.keys()
+    assert _leftovers(short_tmp) == []
+
+    # an immediate re-run holds the lease at once; two Ctrl-C stop it at once
+    p = _start(args, env)
+    t1, procs, _ = _signal_mid_shard(w, p, signal.SIGINT, group=True, after=at_term + 1)
+    window = {r["key"] for r in w["teacher"].requests() if r.get("key") and r["t"] > t_sig}
+    time.sleep(0.3)
+    t2 = time.time()
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    second_s = time.time() - t2
+    assert p.returncode == 130 and second_s < 3, (p.returncode, second_s, err[-3000:])
+    assert "SIGINT again: stopping now" in err, err[-3000:]
+    time.sleep(0.5)
+    assert _alive(procs) == [] and _leftovers(short_tmp) == []
+
+    # a lease whose holder died on this host (SIGKILL: no clean-up ran) is taken over at once
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lease = Store(w["storage"], "t1")
+    lease.write_json(lease.uri("_lease.json"), {"run_id": "t1", "owner": "killed", "host": os.uname().nodename, "pid": dead.pid,
+                                                "heartbeat": time.time(), "ttl_s": 120})
+    w["teacher"].configure(latency_ms=100)
+    fin, fin_s = _timed(["retry-failed", "t1", "--storage", w["storage"], "--stop-after", "score"], env)
+    assert fin.returncode == 0, fin.stdout[-3000:] + fin.stderr[-3000:]
+    paid = w["teacher"].stats()["served_ok"]
+    twice = {k for k, n in paid.items() if n > 1}
+    assert len(paid) == 8 and twice <= window, (paid, window)  # only answers cut off by the second Ctrl-C may be paid again
+    assert not any(k in twice for k in served)
+    assert _leftovers(short_tmp) == []  # no Ray session folder, no retry-failed config copy
+    print(f"SIGTERM: exit 143 {term_s:.1f}s after the signal, {at_term} requests before it, 0 after, {len(served)} answers cached; "
+          f"second Ctrl-C: exit 130 {second_s:.1f}s after it; dead holder's lease: retry-failed exit 0 in {fin_s:.1f}s; "
+          f"{sum(paid.values())} requests paid for {len(paid)} keys ({len(twice)} cut off by the second Ctrl-C)")
