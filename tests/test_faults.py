@@ -281,3 +281,76 @@ def test_sigterm_and_a_second_ctrl_c_stop_at_once_and_a_dead_holder_is_taken_ove
     print(f"SIGTERM: exit 143 {term_s:.1f}s after the signal, {at_term} requests before it, 0 after, {len(served)} answers cached; "
           f"second Ctrl-C: exit 130 {second_s:.1f}s after it; dead holder's lease: retry-failed exit 0 in {fin_s:.1f}s; "
           f"{sum(paid.values())} requests paid for {len(paid)} keys ({len(twice)} cut off by the second Ctrl-C)")
+
+
+# ------------------------------------------------------------------ finding 6: a full disk
+@pytest.fixture
+def small_disk(short_tmp):
+    """A 16 MB tmpfs as the storage root's disk (root only: skipped with the reason otherwise)."""
+    import subprocess
+
+    mnt = short_tmp / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up (needs root): {r.stderr.strip()[:200]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(mnt: Path) -> Path:
+    """Fill the file system up to the last byte."""
+    ballast = mnt / "ballast"
+    chunk = b"\0" * 65536
+    with open(ballast, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError:
+                if len(chunk) == 1:
+                    break
+                chunk = chunk[: len(chunk) // 2]
+    return ballast
+
+
+def test_disk_full_stops_paying_and_retry_failed_completes_once_space_is_back(world, small_disk, short_tmp):
+    """Finding 6: the response cache cannot be written: no teacher request starts after that, no
+    half-written shard is left, and `retry-failed` completes with every key paid once (only the
+    answers in flight when the disk filled up are paid again)."""
+    w = world
+    env = {**w["env"], "TMPDIR": str(short_tmp)}
+    storage = str(small_disk / "runs")
+    config = _serial_config(w, w["tmp"] / "serial.yaml")
+    from finr1_core.distill import ResponseCache, response_cache_root
+
+    cache = ResponseCache(response_cache_root(storage))
+    t0 = time.monotonic()
+    p = _start(["run", "--config", config, "--storage", storage, "--run-id", "d1", "--stop-after", "score"], env)
+    while not cache.keys():
+        assert p.poll() is None and time.monotonic() - t0 < 240, p.communicate()[1][-3000:]
+        time.sleep(0.05)
+    ballast = _fill(small_disk)
+    t_full = time.time()
+    inflight = set(_teacher_keys(w)) - cache.keys()
+    _, err = p.communicate(timeout=180)
+    fail_s = time.time() - t_full
+    assert p.returncode == 2 and "No space left on device" in err, err[-4000:]
+    late = [r for r in w["teacher"].requests() if r.get("key") and r["t"] > t_full + 0.05]
+    assert late == [], late  # no request started once answers could not be kept
+    assert not [q for q in Path(storage).rglob("*") if q.name.startswith(".tmp")]  # no half-written file
+    store = Store(storage, "d1")
+    assert all(v == "ok" for st in store.verify_run().values() for v in st.values())
+    sent_full = len(_teacher_keys(w))
+
+    ballast.unlink()  # space is back
+    w["teacher"].configure(latency_ms=100)
+    fin, fin_s = _timed(["retry-failed", "d1", "--storage", storage, "--stop-after", "score"], env)
+    assert fin.returncode == 0, fin.stdout[-3000:] + fin.stderr[-3000:]
+    paid = w["teacher"].stats()["served_ok"]
+    twice = {k for k, n in paid.items() if n > 1}
+    assert len(paid) == 8 and twice <= inflight and len(twice) <= 2, (paid, inflight)
+    assert sorted(r["key"] for r in store.read_rows("distill")) == sorted(paid)
+    print(f"disk full: exit 2 {fail_s:.1f}s after the disk filled, {sent_full} requests sent, 0 after; retry-failed exit 0 in "
+          f"{fin_s:.1f}s; {sum(paid.values())} requests paid for {len(paid)} keys ({len(twice)} in flight when the disk filled)")

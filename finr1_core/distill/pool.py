@@ -5,7 +5,8 @@ Work stealing: a shard's missing requests go into one :class:`RequestQueue` acto
 :class:`TeacherWorker` runs as many lanes as its client has concurrency slots; a lane takes the
 next request when it frees up. So a slow request holds one lane, never a chunk of other
 requests, and a worker that finishes early keeps pulling while the others are busy. Each
-response is written to the response cache the moment it completes.
+response is written to the response cache the moment it completes; when that write fails for
+good (a full disk), the worker and the queue stop: no answer is paid for that cannot be kept.
 """
 from __future__ import annotations
 
@@ -114,15 +115,25 @@ class TeacherWorker:
         take = _Feeder(queue, job_id, batch=max(1, lanes // 4))
         out: list[dict] = []
 
+        gate = {"trouble": False}  # a cache write is failing: no lane starts a request meanwhile
+
         async def lane() -> None:
             while not self._stopped and (r := await take()) is not None:
+                while gate["trouble"] and not self._stopped:
+                    await asyncio.sleep(0.05)
                 if self._stopped:
                     break
                 self._inflight += 1
                 try:
-                    out.append(await _one(client, cache, sampling, job, r, prog))
+                    o = await _one(client, cache, sampling, job, r, prog, gate)
                 finally:
                     self._inflight -= 1
+                out.append(o)
+                if o["ok"] and not o["cached"]:
+                    # the storage cannot keep answers (disk full): pay for no more of them, in any shard
+                    log.error("response cache %s cannot be written: no new teacher request is sent", cache_root)
+                    self.stop()
+                    await queue.stop.remote()
 
         try:
             await asyncio.gather(*(lane() for _ in range(lanes)))
@@ -163,7 +174,7 @@ class _Feeder:
             await asyncio.shield(self.refill)
 
 
-async def _one(client: Any, cache: ResponseCache, sampling: Sampling, job: dict, r: dict, prog: dict) -> dict:
+async def _one(client: Any, cache: ResponseCache, sampling: Sampling, job: dict, r: dict, prog: dict, gate: dict | None = None) -> dict:
     try:
         c = await client.acomplete(r.get("messages") or [], sampling, r.get("prefix", ""), prompt=r.get("prompt"), key=r["key"])
     except LLMError as e:
@@ -176,23 +187,28 @@ async def _one(client: Any, cache: ResponseCache, sampling: Sampling, job: dict,
         "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "attempts": c.attempts,
         "started_at": c.started_at, "ended_at": c.ended_at,
     }
-    cached = await _put_with_retries(cache, rec)
+    cached = await _put_with_retries(cache, rec, gate=gate)
     prog["done"] += 1
     prog["prompt_tokens"] += c.prompt_tokens
     prog["completion_tokens"] += c.completion_tokens
     return {"ok": True, "record": rec, "cached": cached}
 
 
-async def _put_with_retries(cache: ResponseCache, rec: dict, tries: int = 4) -> bool:
+async def _put_with_retries(cache: ResponseCache, rec: dict, tries: int = 4, gate: dict | None = None) -> bool:
+    """Cache one answer (durably: fsync'd locally) before anything else is done with it. While a
+    write fails, ``gate["trouble"]`` holds every lane of the worker back; False after ``tries``."""
+    gate = gate if gate is not None else {}
     for i in range(tries):
         try:
             if cache.local:
-                cache.put(rec)  # ~100 µs: cheaper inline than a thread hop
+                cache.put(rec)  # a small file: cheaper inline than a thread hop
             else:
                 await asyncio.to_thread(cache.put, rec)
+            gate["trouble"] = False
             return True
         except Exception as e:  # noqa: BLE001 - the driver retries the write once more
-            log.warning("cache write failed (%s), try %d/%d", type(e).__name__, i + 1, tries)
+            gate["trouble"] = True
+            log.warning("cache write failed (%s: %s), try %d/%d", type(e).__name__, e, i + 1, tries)
             await asyncio.sleep(0.2 * 2**i)
     return False
 
@@ -290,7 +306,8 @@ def run_requests(reqs: list[dict], spec: ClientSpec, job: dict, cache_root: str,
     workers, queue = worker_pool(distill_cfg.num_workers)
     workers = workers[:n]
     job_id = uuid.uuid4().hex
-    ray.get(queue.put.remote(job_id, reqs))
+    if reqs and not ray.get(queue.put.remote(job_id, reqs)):  # the queue was stopped (a run stopping, a full disk)
+        return {}, {r["key"]: "stopped: no new request is sent (the run is stopping, or the response cache cannot be written)" for r in reqs}, []
     wspec = spec.for_workers(distill_cfg.num_workers)
     refs = {w.run.remote(job_id, wspec, job, cache_root, cache_opts, queue): w for w in workers}
     state = _Collect(job_id)
