@@ -1,15 +1,15 @@
 """Stop, break and restart cleanly (issue 23), through the real `finr1` CLI.
 
 Real Prefect (ephemeral, in `finr1` subprocesses), real local Ray, tests/fake_openai.py as teacher
-and judge (separate processes counting every request), real storage. The set-up (the `world`
-fixture, the `finr1` runner, the request counts) is tests/test_integrity_e2e.py's.
+and judge (separate processes counting every request), real storage. The set-up is shared: the
+`world` fixture (conftest.py), the `finr1` runner and the request counts of tests/test_integrity_e2e.py.
+Each test reproduces numbered findings of the issue and prints the figures its note asks for.
 """
 from __future__ import annotations
 
 import os
 import signal
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -34,61 +34,28 @@ def _same_size_garbage(store: Store, stage: str, shard: str) -> None:
     assert store.shard_entry(stage, shard)["size"] == size
 
 
-def test_failed_and_same_size_damaged_shards_are_listed_and_rebuilt_for_free(world):
-    """Findings 4 and 5: `finr1 check` lists failed shards and exits 1 until the run is whole;
-    `check --quick` sees same-size damage; a re-run and `retry-failed` rebuild it from the cache."""
-    w = world
-    storage = w["storage"]
-    w["teacher"].configure(rate_500=1.0)  # every teacher request fails: every distill shard fails
-    first = _finr1(["run", "--config", w["config"], "--storage", storage, "--run-id", "f1", "--stop-after", "score"], w["env"])
-    assert first.returncode == 2 and "shard(s) failed" in first.stderr, first.stdout[-3000:] + first.stderr[-3000:]
-    store = Store(storage, "f1")
-    prompts = [e["shard"] for e in store.shards("prompts")]
-    assert len(prompts) == 4 and store.shards("distill") == []
-
-    chk = _finr1(["check", "f1", "--storage", storage], w["env"], 120)
-    lines = chk.stdout.splitlines()
-    assert chk.returncode == 1, chk.stdout + chk.stderr
-    assert "distill: 4 shard(s), in progress: 0 ok, 0 missing, 0 damaged, 4 failed" in lines, chk.stdout
-    assert all(f"  failed   distill/{s}" in lines for s in prompts), chk.stdout
-    assert lines[-1] == f"4 shard(s) missing, damaged or failed; repair: finr1 retry-failed f1 --storage {storage}"
-
-    w["teacher"].configure(rate_500=0.0)
-    fixed = _finr1(["retry-failed", "f1", "--storage", storage, "--stop-after", "score"], w["env"])
-    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
-    paid = Counter(k for k, n in w["teacher"].stats()["served_ok"].items() for _ in range(n))
-    clean = {r["key"] for r in store.read_rows("distill")}
-    assert set(paid) == clean and set(paid.values()) == {1} and len(clean) == 8
-    chk = _finr1(["check", "f1", "--storage", storage], w["env"], 120)
-    assert chk.returncode == 0 and chk.stdout.splitlines()[-1] == "all shards intact", chk.stdout + chk.stderr
+def _damaged_is_found_and_rebuilt_for_free(w, storage: str, run_id: str, repair: list[str], env: dict) -> str:
+    """Finding 4: a committed distill shard overwritten with random bytes of the same size is
+    reported by `check --quick` and `check` (exit 1) and rebuilt by ``repair`` (a re-run or
+    `retry-failed`) from the response cache with 0 new teacher requests. Returns the figures."""
+    store = Store(storage, run_id)
     sent = len(_teacher_keys(w))
-
-    # same-size damage: both checks see it
-    _same_size_garbage(store, "distill", "shard-00001")
-    quick, quick_s = _timed(["check", "f1", "--storage", storage, "--quick"], w["env"], 120)
-    assert quick.returncode == 1 and "  damaged  distill/shard-00001" in quick.stdout.splitlines(), quick.stdout + quick.stderr
-    deep = _finr1(["check", "f1", "--storage", storage], w["env"], 120)
-    assert deep.returncode == 1 and "  damaged  distill/shard-00001" in deep.stdout.splitlines(), deep.stdout + deep.stderr
-
-    # a plain re-run rebuilds it from the response cache: 0 new teacher requests
-    again, again_s = _timed(["run", "--config", w["config"], "--storage", storage, "--run-id", "f1", "--stop-after", "score"], w["env"])
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert len(_teacher_keys(w)) == sent
-    assert _finr1(["check", "f1", "--storage", storage], w["env"], 120).returncode == 0
-
-    # and so does retry-failed, which names it
-    _same_size_garbage(store, "distill", "shard-00002")
-    retry, retry_s = _timed(["retry-failed", "f1", "--storage", storage, "--stop-after", "score"], w["env"])
-    assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
-    assert "distill: 1 shard(s) to redo: shard-00002" in retry.stdout, retry.stdout[-2000:]
-    assert len(_teacher_keys(w)) == sent
-    chk = _finr1(["check", "f1", "--storage", storage], w["env"], 120)
-    assert chk.returncode == 0, chk.stdout + chk.stderr
-    keys = [r["key"] for r in store.read_rows("distill")]
-    assert sorted(keys) == sorted(clean)
-    print(f"same-size damage: check --quick exit 1 in {quick_s:.1f}s; re-run exit 0 in {again_s:.1f}s, "
-          f"retry-failed exit 0 in {retry_s:.1f}s; teacher requests after the damage: {len(_teacher_keys(w)) - sent}")
-    assert not list(Path(storage, "f1").rglob(".tmp-*"))
+    rows = sorted(r["key"] for r in store.read_rows("distill"))
+    _same_size_garbage(store, "distill", "shard-00000")
+    quick, quick_s = _timed(["check", run_id, "--storage", storage, "--quick"], env, 120)
+    assert quick.returncode == 1 and "  damaged  distill/shard-00000" in quick.stdout.splitlines(), quick.stdout + quick.stderr
+    deep = _finr1(["check", run_id, "--storage", storage], env, 120)
+    assert deep.returncode == 1 and "  damaged  distill/shard-00000" in deep.stdout.splitlines(), deep.stdout + deep.stderr
+    fix, fix_s = _timed(repair, env)
+    assert fix.returncode == 0, fix.stdout[-3000:] + fix.stderr[-3000:]
+    if repair[0] == "retry-failed":
+        assert "distill: 1 shard(s) to redo: shard-00000" in fix.stdout, fix.stdout[-2000:]
+    assert len(_teacher_keys(w)) == sent  # rebuilt from the response cache
+    chk = _finr1(["check", run_id, "--storage", storage], env, 120)
+    assert chk.returncode == 0 and chk.stdout.splitlines()[-1] == "all shards intact", chk.stdout + chk.stderr
+    assert sorted(r["key"] for r in store.read_rows("distill")) == rows
+    return (f"same-size damage: check --quick exit 1 in {quick_s:.1f}s; {repair[0]} exit 0 in {fix_s:.1f}s, "
+            f"0 teacher requests")
 
 
 # ------------------------------------------------------------------ findings 7 and 8: hostile ids, bad paths
@@ -220,6 +187,8 @@ def test_ctrl_c_stops_within_10s_sends_nothing_after_and_a_rerun_pays_once(world
     paid = w["teacher"].stats()["served_ok"]
     assert len(paid) == 8 and set(paid.values()) == {1}, paid
     assert _leftovers(short_tmp) == []
+    damage = _damaged_is_found_and_rebuilt_for_free(w, w["storage"], "c1", ["retry-failed", "c1", "--storage", w["storage"], "--stop-after", "score"], env)
+    print(damage)
     print(f"Ctrl-C: exit 130 {exit_s:.1f}s after the signal, {at_signal} requests before it, 0 after; "
           f"{len(served)} answers cached; re-run exit 0 in {again_s:.1f}s, {len(paid)} keys paid once each ({sum(paid.values())} requests)")
 
@@ -278,6 +247,7 @@ def test_sigterm_and_a_second_ctrl_c_stop_at_once_and_a_dead_holder_is_taken_ove
     assert len(paid) == 8 and twice <= window, (paid, window)  # only answers cut off by the second Ctrl-C may be paid again
     assert not any(k in twice for k in served)
     assert _leftovers(short_tmp) == []  # no Ray session folder, no retry-failed config copy
+    print(_damaged_is_found_and_rebuilt_for_free(w, w["storage"], "t1", args, env))
     print(f"SIGTERM: exit 143 {term_s:.1f}s after the signal, {at_term} requests before it, 0 after, {len(served)} answers cached; "
           f"second Ctrl-C: exit 130 {second_s:.1f}s after it; dead holder's lease: retry-failed exit 0 in {fin_s:.1f}s; "
           f"{sum(paid.values())} requests paid for {len(paid)} keys ({len(twice)} cut off by the second Ctrl-C)")
@@ -343,14 +313,24 @@ def test_disk_full_stops_paying_and_retry_failed_completes_once_space_is_back(wo
     store = Store(storage, "d1")
     assert all(v == "ok" for st in store.verify_run().values() for v in st.values())
     sent_full = len(_teacher_keys(w))
+    # finding 5: `finr1 check` lists the failed shard and exits 1 (it said "all shards intact", exit 0)
+    chk = _finr1(["check", "d1", "--storage", storage], env, 120)
+    lines = chk.stdout.splitlines()
+    assert chk.returncode == 1 and "distill: 1 shard(s), in progress: 0 ok, 0 missing, 0 damaged, 1 failed" in lines, chk.stdout + chk.stderr
+    assert "  failed   distill/shard-00000" in lines
+    assert lines[-1] == f"1 shard(s) missing, damaged or failed; repair: finr1 retry-failed d1 --storage {storage}"
 
     ballast.unlink()  # space is back
     w["teacher"].configure(latency_ms=100)
-    fin, fin_s = _timed(["retry-failed", "d1", "--storage", storage, "--stop-after", "score"], env)
+    fin, fin_s = _timed(["retry-failed", "d1", "--storage", storage, "--stop-after", "score", "--keep-temp"], env)
     assert fin.returncode == 0, fin.stdout[-3000:] + fin.stderr[-3000:]
+    kept = _leftovers(short_tmp)  # finding 10: kept only when asked (the other tests check they are gone)
+    assert [k for k in kept if k.startswith("finr1-ray-")] and [k for k in kept if k.startswith("finr1-d1-")], kept
     paid = w["teacher"].stats()["served_ok"]
     twice = {k for k, n in paid.items() if n > 1}
     assert len(paid) == 8 and twice <= inflight and len(twice) <= 2, (paid, inflight)
     assert sorted(r["key"] for r in store.read_rows("distill")) == sorted(paid)
+    chk = _finr1(["check", "d1", "--storage", storage], env, 120)
+    assert chk.returncode == 0 and chk.stdout.splitlines()[-1] == "all shards intact", chk.stdout + chk.stderr
     print(f"disk full: exit 2 {fail_s:.1f}s after the disk filled, {sent_full} requests sent, 0 after; retry-failed exit 0 in "
           f"{fin_s:.1f}s; {sum(paid.values())} requests paid for {len(paid)} keys ({len(twice)} in flight when the disk filled)")
