@@ -64,6 +64,29 @@ def check_run_id(v: str) -> str:
     return v
 
 
+def check_storage_root(v: str) -> str:
+    """``v`` if it is a usable storage root, else ValueError (one line): an fsspec URI with a known
+    protocol and a bucket, or a local path that is (or can become) a directory."""
+    if not v or not v.strip():
+        raise ValueError("must be a local path or an fsspec URI such as s3://bucket/prefix")
+    if "://" in v and not v.startswith("file://"):
+        import fsspec
+
+        protocol, rest = v.split("://", 1)
+        if protocol not in fsspec.available_protocols():
+            raise ValueError(f"unknown storage protocol {protocol!r}: use a local path or s3://bucket/prefix")
+        if not rest.strip("/"):
+            raise ValueError(f"{protocol}:// needs a bucket, e.g. {protocol}://bucket/prefix")
+        return v
+    p = Path(v.removeprefix("file://")).expanduser()
+    for q in (p, *p.parents):  # the path itself, or the first of its parents that exists, must be a directory
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                raise ValueError(f"{q} is a file, not a directory" if q == p else f"{q} (in the path) is a file, not a directory")
+            break
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -295,17 +318,7 @@ class PipelineConfig(_Strict):
     @field_validator("storage_root")
     @classmethod
     def _root(cls, v: str) -> str:
-        if not v or not v.strip():
-            raise ValueError("must be a local path or an fsspec URI such as s3://bucket/prefix")
-        if "://" in v:
-            import fsspec
-
-            protocol, rest = v.split("://", 1)
-            if protocol not in fsspec.available_protocols():
-                raise ValueError(f"unknown storage protocol {protocol!r}: use a local path or s3://bucket/prefix")
-            if not rest.strip("/"):
-                raise ValueError(f"{protocol}:// needs a bucket, e.g. {protocol}://bucket/prefix")
-        return v
+        return check_storage_root(v)
 
     @field_validator("run_id")
     @classmethod
@@ -383,10 +396,16 @@ def read_yaml_mapping(path: Path, shown: str | Path, error: type[Exception], pre
     """A YAML file whose top level is a mapping; ``error("<prefix>: ...")`` in one line otherwise."""
     if not path.exists():
         raise error(f"{prefix}: file not found: {shown}")
+    if path.is_dir():
+        raise error(f"{prefix}: {shown} is a directory, not a YAML file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise error(f"{prefix}: {shown}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise error(f"{prefix}: {shown}: not UTF-8 text") from None
+    except OSError as e:
+        raise error(f"{prefix}: {shown}: cannot read ({e.strerror or type(e).__name__})") from None
     if not isinstance(raw, dict):
         raise error(f"{prefix}: {shown}: top level must be a mapping")
     return raw

@@ -9,7 +9,8 @@ taken atomically and renewed by a heartbeat thread:
   and the release are conditional on the ETag last seen (``If-Match``). Two takers can never both
   win: the second PUT fails with 412. (Both AWS S3 and moto's server honour these headers.)
 
-A lease whose heartbeat is older than its ``ttl_s`` belongs to a crashed owner and is taken over.
+A lease whose heartbeat is older than its ``ttl_s`` belongs to a crashed owner and is taken over;
+so is, at once, a lease whose holder ran on this host and whose process is gone (PID and start time).
 Staleness compares the holder's recorded wall-clock heartbeat with this host's clock, so hosts
 sharing a storage root should keep their clocks in sync (NTP); ``ttl_s`` is the margin.
 
@@ -64,10 +65,30 @@ def default_owner() -> str:
     return f"{user}@{socket.gethostname()}:{os.getpid()}"
 
 
+def _proc_start(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, from /proc), or None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def holder_dead(doc: dict) -> bool:
+    """The holder ran on this host and its process is gone (or its PID now names another process)."""
+    if doc.get("host") != socket.gethostname() or not doc.get("pid") or not os.path.isdir("/proc/self"):
+        return False
+    start = _proc_start(int(doc["pid"]))
+    return start is None or (doc.get("pid_start") is not None and start != doc["pid_start"])
+
+
 def is_stale(doc: dict, now: float | None = None) -> bool:
-    """The holder's heartbeat is older than its ttl."""
+    """The holder's heartbeat is older than its ttl, or the holder is a dead process of this host
+    (a killed run's lease is taken over at once, not after the ttl)."""
     now = time.time() if now is None else now
-    return now - float(doc.get("heartbeat", 0)) > float(doc.get("ttl_s", 0))
+    return now - float(doc.get("heartbeat", 0)) > float(doc.get("ttl_s", 0)) or holder_dead(doc)
 
 
 def describe_holder(doc: dict, now: float | None = None) -> str:
@@ -156,7 +177,7 @@ class RunLease:
 
     # ------------------------------------------------------------------ internals
     def _doc(self, now: float) -> dict:
-        return {"run_id": self.run_id, "owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
+        return {"run_id": self.run_id, "owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
                 "token": self.token, "started_at": self.started_at or _iso(now), "heartbeat_at": _iso(now),
                 "heartbeat": now, "ttl_s": self.ttl_s, "heartbeat_s": self.heartbeat_s}
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from finr1_core.config import STAGES, ConfigError, PipelineConfig, check_run_id
+from finr1_core.config import STAGES, ConfigError, PipelineConfig, check_run_id, check_storage_root
 from finr1_core.llm import api_key_from_env
 
 
@@ -58,6 +58,20 @@ def check_run_options(stop_after: str | None = None, limit: int | None = None, r
             check_run_id(run_id)
         except ValueError as e:
             raise ConfigError(f"--run-id: {e} (got {run_id!r})") from None
+
+
+def check_run_target(run_id: str, storage_root: str, run_id_name: str = "RUN_ID") -> None:
+    """Validate the run id and storage root a command works on (``check``, ``retry-failed``,
+    ``release push``) as ``finr1 run`` does: a run id is never a path out of the storage root.
+    ConfigError, one line naming the argument."""
+    try:
+        check_run_id(run_id)
+    except ValueError as e:
+        raise ConfigError(f"{run_id_name}: {e} (got {run_id!r})") from None
+    try:
+        check_storage_root(storage_root)
+    except ValueError as e:
+        raise ConfigError(f"--storage: {e} (got {storage_root!r})") from None
 
 
 def _targets(cfg: PipelineConfig, base_url: str | None, roles: tuple[str, ...]) -> list[tuple[str, str, str, str, str]]:

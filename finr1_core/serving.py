@@ -423,10 +423,11 @@ def serve_forever(model: str, host: str = "127.0.0.1", port: int = 8000, api_key
                   engine: str = "transformers", log=print, log_path: str | None = None, log_requests: bool = False) -> None:
     """Serve one model until SIGINT/SIGTERM, then stop it (and its process group) cleanly.
 
-    ``transformers``: ``transformers serve`` (CPU); with ``api_key`` it listens on a private
-    loopback port behind :mod:`finr1_core.keyproxy`. ``vllm``: vLLM with the reasoning parser, the
-    forced ``<think>\\n`` template and its own key check; where vLLM is not installed or does not
-    start, one line says so and ``transformers serve`` serves instead. ``log_path``: the model
+    ``transformers``: ``transformers serve`` (CPU) on a private loopback port behind
+    :mod:`finr1_core.keyproxy` (the key check, ``/v1/models``, the context-length check). ``vllm``:
+    vLLM with the reasoning parser, the forced ``<think>\n`` template and its own key check; where
+    vLLM is not installed or does not start, one line says so and ``transformers serve`` serves
+    instead. ``log_path``: the model
     server's log (appended to; a temporary file by default), one line per request.
     """
     if engine not in ("transformers", "vllm"):
@@ -440,14 +441,14 @@ def serve_forever(model: str, host: str = "127.0.0.1", port: int = 8000, api_key
             log(serving_note("vllm", str(e).removeprefix("vLLM unavailable: ")))
             engine, model = "transformers", check_model_dir(model)
     if srv is None:
-        srv = ManagedServer(model, "127.0.0.1" if api_key else host, free_port() if api_key else port, log_path=log_path).start()
+        srv = ManagedServer(model, "127.0.0.1", free_port(), log_path=log_path).start()  # behind finr1_core.keyproxy, always
     try:
         url = f"http://{host}:{port}/v1"
         log(f"serving {model} at {url} (engine {engine}, {'API key required' if api_key else 'no API key'}); Ctrl-C stops it")
-        if api_key and engine == "transformers":
+        if engine == "transformers":  # the key check, /v1/models and the context-length check
             from finr1_core.keyproxy import run_key_proxy
 
-            run_key_proxy(f"http://127.0.0.1:{srv.port}", api_key, host, port)
+            run_key_proxy(f"http://127.0.0.1:{srv.port}", api_key, host, port, model_dir=model)
             return
         try:
             while srv.proc is not None and srv.proc.poll() is None:

@@ -9,10 +9,13 @@ Layout (docs/ARCHITECTURE.md, "Storage")::
 
 A shard commits atomically: it is written under ``_tmp``, moved into place, and only then is its
 manifest entry written. A reader lists manifest entries, never bare files, so it never sees a
-partial shard. Each entry records the file's size and the sha256 of its bytes: a shard counts as
-committed only while its file is there and matches (size always, content hash when asked), so a
-lost or damaged shard is pending again and the stage re-runs it. Re-runs skip shards whose entry
-exists with the same config hash and whose file is intact.
+partial shard. Each entry records the file's size, a fast hash of its bytes (xxh3-64), the sha256
+of its bytes and, on object stores, the object's ETag. A shard counts as committed only while its
+file is there and matches: the *quick* check (every skip decision, ``finr1 check --quick``)
+compares the size and the fast hash (on object stores: size and ETag from one listing, no read),
+the *deep* check (``finr1 check``) the sha256. So a lost, truncated or same-size damaged shard is
+pending again and the stage re-runs it. Re-runs skip shards whose entry exists with the same
+config hash and whose file is intact.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Any, Iterable
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 
 def config_hash(obj: Any) -> str:
@@ -73,12 +77,20 @@ class ShardInfo:
     committed_at: str
     size: int | None = None
     sha256: str | None = None
+    xxh3_64: str | None = None
+    etag: str | None = None
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
 
 
 SHARD_OK, SHARD_MISSING, SHARD_DAMAGED = "ok", "missing", "damaged"
+SHARD_FAILED = "failed"  # expected (its input shard is committed) but never committed: failed or never ran
+
+
+def fast_hash(data: bytes) -> str:
+    """The quick check's content hash (xxh3-64, several GB/s): catches same-size damage."""
+    return xxhash.xxh3_64_hexdigest(data)
 
 
 class ShardUnreadable(FileNotFoundError):
@@ -89,6 +101,8 @@ class Store:
     """One run's view of the storage root: ``<root>/<run_id>/``."""
 
     def __init__(self, root: str, run_id: str, storage_options: dict | None = None):
+        if run_id in (".", "..") or any(c in run_id for c in "/\\\0"):  # one name under the root, never a path out of it
+            raise ValueError(f"run id {run_id!r}: must be one name under the storage root, not a path")
         self.root = root.rstrip("/")
         self.run_id = run_id
         opts = storage_options if storage_options is not None else storage_options_from_env(root)
@@ -116,8 +130,9 @@ class Store:
     def exists(self, uri: str) -> bool:
         return self.fs.exists(self.fs_path(uri))
 
-    def write_bytes_atomic(self, uri: str, data: bytes) -> None:
-        """Write to a temporary sibling name, then move into place (rename locally; one PUT on s3)."""
+    def write_bytes_atomic(self, uri: str, data: bytes) -> str | None:
+        """Write to a temporary sibling name, then move into place (rename locally; one PUT on s3).
+        Returns the object's ETag on object stores (None locally)."""
         target = self.fs_path(uri)
         parent = target.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
@@ -126,8 +141,9 @@ class Store:
             with self.fs.open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, target)
-        else:  # object stores: a single PUT is atomic to readers
-            self.fs.pipe_file(target, data)
+            return None
+        out = self.fs.pipe_file(target, data)  # object stores: a single PUT is atomic to readers
+        return _etag(out)
 
     def read_bytes(self, uri: str) -> bytes:
         return self.fs.cat_file(self.fs_path(uri))
@@ -150,29 +166,35 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def shard_status(self, entry: dict, deep: bool = False, sizes: dict[str, int] | None = None) -> str:
-        """``ok``, ``missing`` or ``damaged``: the entry's file exists with the recorded size (and,
-        when ``deep``, the recorded sha256). Entries written before sizes were recorded are only
-        checked for existence (and, when ``deep``, for a readable Parquet footer). ``sizes`` (from
-        :meth:`file_sizes`) saves one request per shard when checking a whole stage."""
+    def shard_status(self, entry: dict, deep: bool = False, sizes: dict[str, dict] | None = None) -> str:
+        """``ok``, ``missing`` or ``damaged``: the entry's file exists with the recorded size and
+        content. Quick (``deep=False``): the recorded ETag on an object store (no read), else the
+        fast hash (xxh3-64) of the bytes. Deep: the sha256 of the bytes. Entries written before
+        these were recorded fall back to what they have (sha256, then a readable Parquet footer
+        when ``deep``, then existence). ``sizes`` (from :meth:`file_sizes`) saves one request per
+        shard when checking a whole stage."""
         p = self.fs_path(self._shard_file(entry))
         if sizes is None:
             if not self.is_local:
                 self.fs.invalidate_cache(p)  # another process may have changed it since we listed
             try:
-                actual = int(self.fs.info(p).get("size") or 0)
+                info = _file_info(self.fs.info(p))
             except FileNotFoundError:
                 return SHARD_MISSING
         elif f"{entry['shard']}.parquet" not in sizes:
             return SHARD_MISSING
         else:
-            actual = sizes[f"{entry['shard']}.parquet"]
+            info = sizes[f"{entry['shard']}.parquet"]
         size = entry.get("size")
-        if size is not None and actual != int(size):
+        if size is not None and info["size"] != int(size):
             return SHARD_DAMAGED
-        if not deep:
+        if not deep and entry.get("etag") and info.get("etag"):
+            return SHARD_OK if info["etag"] == entry["etag"] else SHARD_DAMAGED
+        if not deep and not (entry.get("xxh3_64") or entry.get("sha256")):
             return SHARD_OK
         data = self.fs.cat_file(p)
+        if not deep and entry.get("xxh3_64"):
+            return SHARD_OK if fast_hash(data) == entry["xxh3_64"] else SHARD_DAMAGED
         if entry.get("sha256"):
             return SHARD_OK if hashlib.sha256(data).hexdigest() == entry["sha256"] else SHARD_DAMAGED
         try:
@@ -181,14 +203,14 @@ class Store:
             return SHARD_DAMAGED
         return SHARD_OK
 
-    def file_sizes(self, stage: str) -> dict[str, int]:
-        """``{file name: size}`` of the files directly in a stage directory (one fresh listing)."""
+    def file_sizes(self, stage: str) -> dict[str, dict]:
+        """``{file name: {"size", "etag"}}`` of the files directly in a stage directory (one fresh listing)."""
         d = self.fs_path(self.uri(stage))
         try:
             items = self.fs.ls(d, detail=True, refresh=True)
         except FileNotFoundError:
             return {}
-        return {i["name"].rstrip("/").rsplit("/", 1)[-1]: int(i.get("size") or 0) for i in items if i.get("type") != "directory"}
+        return {i["name"].rstrip("/").rsplit("/", 1)[-1]: _file_info(i) for i in items if i.get("type") != "directory"}
 
     def _shard_file(self, entry: dict) -> str:
         """Where the shard lives in this store (the entry's recorded path may be relative to another cwd)."""
@@ -221,7 +243,7 @@ class Store:
         pq.write_table(table, buf, compression="zstd")
         data = buf.getvalue()
         path = self.uri(stage, f"{shard}.parquet")
-        self.write_bytes_atomic(path, data)
+        etag = self.write_bytes_atomic(path, data)
         info = ShardInfo(
             stage=stage,
             shard=shard,
@@ -234,9 +256,18 @@ class Store:
             committed_at=datetime.now(timezone.utc).isoformat(),
             size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
+            xxh3_64=fast_hash(data),
+            etag=etag,
         )
         self.write_json(self.uri(stage, "_shards", f"{shard}.json"), info.to_json())
         return info
+
+    def begin_stage(self, stage: str) -> None:
+        """Mark a sharded stage as started (``_shards/_begun``), so that ``finr1 check`` lists its
+        failed shards even when none of them committed."""
+        uri = self.uri(stage, "_shards", "_begun")
+        if not self.exists(uri):
+            self.write_bytes_atomic(uri, datetime.now(timezone.utc).isoformat().encode())
 
     def shards(self, stage: str) -> list[dict]:
         """Manifest entries of committed shards, sorted by shard name."""
@@ -337,6 +368,18 @@ class Store:
         return {st: self.verify(st, deep=deep) for st in self.stages()}
 
 
+def _etag(info: dict | None) -> str | None:
+    """An object's ETag from an fsspec info/put answer (None locally)."""
+    if not info:
+        return None
+    e = info.get("ETag") or info.get("etag")
+    return str(e).strip('"') if e else None
+
+
+def _file_info(info: dict) -> dict:
+    return {"size": int(info.get("size") or 0), "etag": _etag(info)}
+
+
 def to_table(rows: Any, schema: pa.Schema | None = None) -> pa.Table:
     if isinstance(rows, pa.Table):
         return rows if schema is None else rows.cast(schema)
@@ -350,13 +393,27 @@ def to_table(rows: Any, schema: pa.Schema | None = None) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def check_run(store: Store, deep: bool = True) -> tuple[list[str], bool]:
-    """Lines describing every stage of the run and its shards (ok, missing, damaged), ending with
-    the command that repairs them; and whether everything is intact."""
-    lines, bad = [], []
-    for stage, status in store.verify_run(deep=deep).items():
-        counts = {k: sum(1 for v in status.values() if v == k) for k in (SHARD_OK, SHARD_MISSING, SHARD_DAMAGED)}
-        state = "complete" if store.exists(store.uri(stage, "_manifest.json")) else "in progress"
+def check_run(store: Store, deep: bool = True, expected: dict[str, list[str]] | None = None) -> tuple[list[str], bool]:
+    """Lines describing every stage of the run and its shards (ok, missing, damaged, failed),
+    ending with the command that repairs them; and whether the run is whole.
+
+    ``expected``: per stage, the shards it must have (for a sharded stage: one per prompt shard);
+    those without a committed entry are listed as ``failed`` (the shard failed or never ran). The
+    run is whole when no shard is missing, damaged or failed and every stage is complete."""
+    lines, bad, open_stages = [], [], []
+    expected = expected or {}
+    verified = store.verify_run(deep=deep)
+    for stage in sorted(set(verified) | set(expected)):
+        status = dict(verified.get(stage, {}))
+        for shard in expected.get(stage, []):
+            status.setdefault(shard, SHARD_FAILED)
+        status = dict(sorted(status.items()))
+        kinds = (SHARD_OK, SHARD_MISSING, SHARD_DAMAGED) + ((SHARD_FAILED,) if stage in expected else ())
+        counts = {k: sum(1 for v in status.values() if v == k) for k in kinds}
+        complete = store.exists(store.uri(stage, "_manifest.json"))
+        if not complete:
+            open_stages.append(stage)
+        state = "complete" if complete else "in progress"
         lines.append(f"{stage}: {len(status)} shard(s), {state}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
         for shard, st in status.items():
             if st != SHARD_OK:
@@ -364,8 +421,13 @@ def check_run(store: Store, deep: bool = True) -> tuple[list[str], bool]:
                 bad.append(f"{stage}/{shard}")
     if not lines:
         lines.append(f"run {store.run_id}: no stages under {store.base}")
+    repair = store.cli_command("retry-failed")
+    failed = sum(1 for b in bad if b.rsplit("/", 1)[0] in expected and verified.get(b.rsplit("/", 1)[0], {}).get(b.rsplit("/", 1)[1]) is None)
     if bad:
-        lines.append(f"{len(bad)} shard(s) missing or damaged; repair: {store.cli_command('retry-failed')}")
+        what = "missing, damaged or failed" if failed else "missing or damaged"
+        lines.append(f"{len(bad)} shard(s) {what}; repair: {repair}")
+    elif open_stages:
+        lines.append(f"all shards intact, but not complete: {', '.join(open_stages)}; finish it: {repair}")
     else:
         lines.append("all shards intact")
-    return lines, not bad
+    return lines, not bad and not open_stages

@@ -21,6 +21,18 @@ def fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def check_target(run_id: str, storage: str) -> None:
+    """The run id and storage root of a command that works on an existing run, checked as
+    `finr1 run` checks them (one line naming the argument, exit 2)."""
+    from finr1_core.config import ConfigError
+    from finr1_core.preflight import check_run_target
+
+    try:
+        check_run_target(run_id, storage)
+    except ConfigError as e:
+        fail(str(e))
+
+
 # Commands are added below, grouped by stage. Keep each command a thin shell over finr1_core.
 
 
@@ -37,7 +49,7 @@ def prepare_model(force: bool = typer.Option(False, help="Redo the conversion ev
 
 
 def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id: str | None, stop_after: str | None,
-              wait: bool = False, check_endpoints: bool = True) -> None:
+              wait: bool = False, check_endpoints: bool = True, keep_temp: bool = False, cleanup: list | None = None) -> None:
     import os
     import time
 
@@ -57,6 +69,11 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
         fail(str(e))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's driver otherwise takes SIGTERM over with absl's failure handler, which aborts the
+    # process 3 s later (exit -6) while the clean stop (flows/stopping.py) is still caching answers
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    if keep_temp:
+        os.environ["FINR1_KEEP_TEMP"] = "1"  # Ray's session folder stays (finr1_core.distill's shutdown reads it)
     # no network here, and its heartbeat races the ephemeral server for the SQLite lock
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # a busy machine needs longer than Prefect's 20 s to start the ephemeral server
@@ -65,10 +82,12 @@ def _run_flow(config: str | None, storage: str | None, limit: int | None, run_id
 
     install_exit_hooks()  # no Ray process this run starts outlives it (Ctrl-C, SIGTERM, exit)
     from flows.pipeline import finr1_pipeline
+    from flows.stopping import run_stoppable
 
     t0 = time.time()
-    state = finr1_pipeline(config=config or "configs/embedded.yaml", storage_root=storage, limit=limit, run_id=run_id, stop_after=stop_after,
-                           wait=wait, return_state=True)
+    # Ctrl-C / SIGTERM: no new teacher request, answers in flight cached, every process ended (flows/stopping.py)
+    state = run_stoppable(lambda: finr1_pipeline(config=config or "configs/embedded.yaml", storage_root=storage, limit=limit, run_id=run_id,
+                                                 stop_after=stop_after, wait=wait, return_state=True), cleanup=cleanup)
     if not state.is_completed():
         fail(f"run failed: {state.message}")
     console.rule("[bold green]finr1 run complete")
@@ -97,6 +116,7 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print prompts per source and route, estimated tokens, cost and wall time; call no model"),
     wait: bool = typer.Option(False, "--wait", help="If another run holds this run id, wait for it instead of failing"),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip asking each teacher/judge endpoint for /v1/models before any work"),
+    keep_temp: bool = typer.Option(False, "--keep-temp", help="Keep the temporary files of the run (Ray's session folder) for debugging"),
 ) -> None:
     """Run the whole pipeline (the finr1-pipeline flow) with Prefect; logs show here."""
     if dry_run:
@@ -109,7 +129,7 @@ def run(
             fail(str(e))
         console.print(estimate.to_markdown(estimate.dry_run(cfg)), highlight=False, markup=False)
         return
-    _run_flow(config, storage, limit, run_id, stop_after, wait=wait, check_endpoints=not no_preflight)
+    _run_flow(config, storage, limit, run_id, stop_after, wait=wait, check_endpoints=not no_preflight, keep_temp=keep_temp)
 
 
 @app.command("retry-failed")
@@ -120,9 +140,11 @@ def retry_failed(
     sets: list[str] = typer.Option(None, "--set", help="Fix the saved config first: dotted KEY=VALUE (repeatable), e.g. teacher.endpoints.0.base_url=http://host:8000/v1; recorded in the run's lineage.jsonl"),
     wait: bool = typer.Option(False, "--wait", help="If another run holds this run id, wait for it instead of failing"),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip asking each teacher/judge endpoint for /v1/models before any work"),
+    keep_temp: bool = typer.Option(False, "--keep-temp", help="Keep the temporary files (the run's config copy, Ray's session folder) for debugging"),
 ) -> None:
     """Re-run a run with the config it was started with: committed shards are skipped, only the
     failed or missing ones are redone (no response is paid for twice)."""
+    import os
     import tempfile
 
     import yaml
@@ -130,6 +152,7 @@ def retry_failed(
     from finr1_core import stages
     from finr1_core.lineage import amend_run_config
 
+    check_target(run_id, storage)
     try:
         cfg = amend_run_config(storage, run_id, sets) if sets else stages.load_run_config(storage, run_id)
     except ValueError as e:
@@ -140,7 +163,18 @@ def retry_failed(
         console.print(f"{stage}: {len(missing)} shard(s) to redo{': ' + ', '.join(missing) if missing else ''}")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"finr1-{run_id}-", delete=False) as f:
         yaml.safe_dump(cfg.public_dict(), f, allow_unicode=True)
-    _run_flow(f.name, storage, None, run_id, stop_after, wait=wait, check_endpoints=not no_preflight)
+
+    def remove_config() -> None:
+        if keep_temp:
+            print(f"kept: {f.name}", flush=True)
+        elif os.path.exists(f.name):
+            os.unlink(f.name)
+
+    try:
+        _run_flow(f.name, storage, None, run_id, stop_after, wait=wait, check_endpoints=not no_preflight, keep_temp=keep_temp,
+                  cleanup=[remove_config])
+    finally:
+        remove_config()
 
 
 # ---------------------------------------------------------------- ingest: sources, ingest
@@ -285,6 +319,7 @@ def release_push_cmd(
     from finr1_core.release import ReleaseError, push_release
     from finr1_core.storage import join
 
+    check_target(run_id, storage)
     try:
         push_release(join(storage, run_id, "release"), repo, private=private, timeout_s=timeout,
                      log=lambda m: console.print(m, highlight=False, markup=False))
@@ -297,16 +332,19 @@ def release_push_cmd(
 def check_cmd(
     run_id: str = typer.Argument(..., help="The run to check"),
     storage: str = typer.Option("runs", "--storage", help="Storage root the run lives under"),
-    quick: bool = typer.Option(False, "--quick", help="Compare sizes only (no content hashes)"),
+    quick: bool = typer.Option(False, "--quick", help="Sizes and a fast hash (xxh3; ETags on object stores) instead of sha256"),
 ) -> None:
-    """List every stage of a run with its shards (ok, missing, damaged) and the command that
-    repairs them. Exit 0 only when every committed shard is intact (1 when some are not)."""
+    """List every stage of a run with its shards (ok, missing, damaged, failed) and the command
+    that repairs them. Exit 0 only when the run is whole: every expected shard committed and
+    intact, every stage complete (1 otherwise)."""
+    from finr1_core.stages import expected_shards
     from finr1_core.storage import Store, check_run
 
+    check_target(run_id, storage)
     store = Store(storage, run_id)
     if not store.exists(store.uri("config.json")) and not store.stages():
         fail(f"no run {run_id!r} under {storage}")
-    lines, ok = check_run(store, deep=not quick)
+    lines, ok = check_run(store, deep=not quick, expected=expected_shards(store))
     for line in lines:
         print(line)
     raise typer.Exit(0 if ok else 1)

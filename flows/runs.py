@@ -103,6 +103,20 @@ def open_run(config: str, run_id: str | None, storage_root: str | None = None, l
             _HELD.pop(key, None)
 
 
+def release_held_leases(timeout_s: float = 3.0) -> list[str]:
+    """Release every run lease this process holds (a stopped run: a re-run may start at once);
+    returns their run ids. Never waits more than ``timeout_s`` per lease."""
+    import threading
+
+    out = []
+    for (_, run_id), lease in list(_HELD.items()):
+        t = threading.Thread(target=lease.release, daemon=True)
+        t.start()
+        t.join(timeout_s)
+        out.append(run_id)
+    return out
+
+
 def require_run_id(run_id: str | None, phase: str) -> str:
     if not run_id:
         raise ValueError(f"the {phase} phase works on an existing run: give its run_id")

@@ -76,7 +76,7 @@ def open_webui_env(base_url: str, api_key: str, model_id: str, data_dir: Path, p
         ENABLE_OPENAI_API="True",
         OPENAI_API_BASE_URL=base_url,
         OPENAI_API_KEY=api_key,
-        # transformers serve's /v1/models lists the hub cache, not the directory it serves: name the model
+        # pin the one model (finr1 serve's /v1/models lists it too; transformers serve alone answered 500 there)
         OPENAI_API_CONFIGS=json.dumps({"0": {"enable": True, "model_ids": [model_id]}}),
         DEFAULT_MODELS=model_id,
         DEFAULT_MODEL_PARAMS=json.dumps({"max_tokens": max_tokens}),

@@ -16,7 +16,16 @@ from prefect.cache_policies import NO_CACHE
 from finr1_core.config import PipelineConfig
 from finr1_core.llm import default_key_var
 
-SHARD_OPTS = dict(retries=2, retry_delay_seconds=[2, 10], persist_result=True, cache_policy=NO_CACHE)
+NOT_WORTH_RETRYING = ("stopped: no new request", "cannot be written")  # finr1_core.distill's stop and full-cache messages
+
+
+def worth_retrying(task, task_run, state) -> bool:
+    """A shard that failed because the run is stopping, or because its answers cannot be cached
+    (a full disk), is not retried: a retry would send nothing, or pay for what it cannot keep."""
+    return not any(m in (state.message or "") for m in NOT_WORTH_RETRYING)
+
+
+SHARD_OPTS = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=worth_retrying, persist_result=True, cache_policy=NO_CACHE)
 STAGE_OPTS = dict(retries=1, retry_delay_seconds=5, persist_result=True, cache_policy=NO_CACHE)
 
 

@@ -1,7 +1,10 @@
 """Thin Prefect tasks over ``finr1_core.stages.run_stage``: one task per stage, or per shard."""
 from __future__ import annotations
 
+import contextvars
+import logging
 import math
+import threading
 import time
 
 from prefect import get_run_logger, task
@@ -28,19 +31,59 @@ def prompts(cfg: dict, ingested: dict | None = None) -> list[str]:
     return out["shards"]
 
 
+class _Artifact:
+    """A progress artifact updated from a background thread, latest value wins: the caller never
+    blocks on the Prefect API, and after one failed call (the API is gone, e.g. its temporary
+    server died with a Ctrl-C) no further update is tried."""
+
+    def __init__(self, key: str, description: str):
+        self.key, self.description = key, description
+        self.id = None
+        self.pending: float | None = None
+        self.busy = False
+        self.dead = False
+        self.lock = threading.Lock()
+        self.ctx = contextvars.copy_context()  # the task run's context: the artifact links to it
+
+    def post(self, pct: float) -> None:
+        with self.lock:
+            self.pending = pct
+            if self.busy or self.dead:
+                return
+            self.busy = True
+        threading.Thread(target=self.ctx.copy().run, args=(self._drain,), name=f"artifact-{self.key}", daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            with self.lock:
+                pct, self.pending = self.pending, None
+                if pct is None or self.dead:
+                    self.busy = False
+                    return
+            try:
+                if self.id is None:
+                    self.id = create_progress_artifact(progress=pct, key=self.key, description=self.description)
+                else:
+                    update_progress_artifact(artifact_id=self.id, progress=pct)
+            except Exception as e:  # noqa: BLE001 - progress is best effort
+                with self.lock:
+                    self.dead, self.busy = True, False
+                logging.getLogger(__name__).warning("progress artifact %s: %s; no further updates", self.key, type(e).__name__)
+                return
+
+
 class _Progress:
     """Distill progress: a Prefect progress artifact (about once a second) and a log line (every 5 s)."""
 
     def __init__(self, shard: str):
-        self.shard, self.id, self.t_art, self.t_log = shard, None, 0.0, 0.0
+        self.shard, self.t_art, self.t_log = shard, 0.0, 0.0
+        self.art = _Artifact(artifact_key(f"distill-{shard}"), f"distill {shard}")
 
     def __call__(self, done: int, total: int, tok_s: float = 0.0, eta_s: float | None = None) -> None:
         now = time.monotonic()
         pct = 100.0 * done / max(1, total)
-        if self.id is None:
-            self.id = create_progress_artifact(progress=pct, key=artifact_key(f"distill-{self.shard}"), description=f"distill {self.shard}")
-        elif now - self.t_art > 1.0 or done == total:
-            update_progress_artifact(artifact_id=self.id, progress=pct)
+        if now - self.t_art > 1.0 or done == total:
+            self.art.post(pct)
             self.t_art = now
         if now - self.t_log > 5.0 or done == total:
             eta = f"{eta_s:.0f}s" if eta_s is not None and math.isfinite(eta_s) else "?"
@@ -93,17 +136,13 @@ def train_grpo(cfg: dict, sft: dict | None = None) -> dict:
 
 
 class _EvalProgress:
-    """Eval progress: a Prefect progress artifact and a log line every 10 s, with the ETA."""
+    """Eval progress: a Prefect progress artifact (never blocking) and a log line every 10 s, with the ETA."""
 
     def __init__(self):
-        self.id, self.t = None, 0.0
+        self.art, self.t = _Artifact("eval", "evaluation requests"), 0.0
 
     def __call__(self, p: dict) -> None:
-        pct = 100.0 * p["done"] / max(1, p["total"])
-        if self.id is None:
-            self.id = create_progress_artifact(progress=pct, key="eval", description="evaluation requests")
-        else:
-            update_progress_artifact(artifact_id=self.id, progress=pct)
+        self.art.post(100.0 * p["done"] / max(1, p["total"]))
         if time.monotonic() - self.t > 10 or p["done"] == p["total"]:
             eta = p.get("eta_s")
             get_run_logger().info("eval: %d/%d requests (%d failed), ETA %s", p["done"], p["total"], p["failed"],

@@ -103,3 +103,37 @@ def vllm_serve(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(timeout=10)
+
+
+# e2e through the CLI (test_integrity_e2e, test_faults): teacher and judge as fake servers.
+@pytest.fixture
+def world(tmp_path):
+    """Teacher and judge fake servers, a config using them, and the env for `finr1` subprocesses."""
+    from pathlib import Path
+
+    import yaml
+
+    from finr1_core.config import REPO_ROOT
+    from tests.fake_openai import FakeOpenAIProcess
+
+    REPO = Path(__file__).resolve().parent.parent
+    teacher = FakeOpenAIProcess(seed=1, latency_ms=150)
+    judge = FakeOpenAIProcess(seed=2)
+    try:
+        cfg = yaml.safe_load((REPO_ROOT / "configs" / "embedded.yaml").read_text())
+        fast = dict(max_retries=1, backoff_base_s=0.05, backoff_max_s=0.2, timeout_s=20)
+        cfg.update(limit=8, serve={"kind": "external"},
+                   data={"eval_holdout": 0, "sources": [{"name": "finqa", "path": "${REPO}/data/samples/finqa"},
+                                                        {"name": "fineval", "path": "${REPO}/data/samples/fineval", "role": "eval"}]},
+                   distill={"shard_size": 2, "num_workers": 1, "ray_num_cpus": 1})
+        cfg["teacher"].update(model="fake-teacher", mode="chat-prefill", endpoints=[{"name": "t", "base_url": teacher.url}], **fast)
+        cfg["judge"].update(model="fake-judge", mode="chat", endpoints=[{"name": "j", "base_url": judge.url}], **fast)
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+        env = dict(os.environ, PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect"), RAY_AUTH_MODE="disabled",
+                   RAY_USAGE_STATS_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
+                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # a busy machine starts it slowly
+        yield {"teacher": teacher, "judge": judge, "config": str(path), "cfg": cfg, "storage": str(tmp_path / "runs"), "env": env, "tmp": tmp_path}
+    finally:
+        teacher.close()
+        judge.close()

@@ -7,7 +7,6 @@ and judge (separate processes, counting every request), real storage.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -18,9 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finr1_core.config import REPO_ROOT
 from finr1_core.storage import Store
-from tests.fake_openai import FakeOpenAIProcess
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
@@ -31,31 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _finr1(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
-@pytest.fixture
-def world(tmp_path):
-    """Teacher and judge fake servers, a config using them, and the env for `finr1` subprocesses."""
-    teacher = FakeOpenAIProcess(seed=1, latency_ms=150)
-    judge = FakeOpenAIProcess(seed=2)
-    try:
-        cfg = yaml.safe_load((REPO_ROOT / "configs" / "embedded.yaml").read_text())
-        fast = dict(max_retries=1, backoff_base_s=0.05, backoff_max_s=0.2, timeout_s=20)
-        cfg.update(limit=8, serve={"kind": "external"},
-                   data={"eval_holdout": 0, "sources": [{"name": "finqa", "path": "${REPO}/data/samples/finqa"},
-                                                        {"name": "fineval", "path": "${REPO}/data/samples/fineval", "role": "eval"}]},
-                   distill={"shard_size": 2, "num_workers": 1, "ray_num_cpus": 1})
-        cfg["teacher"].update(model="fake-teacher", mode="chat-prefill", endpoints=[{"name": "t", "base_url": teacher.url}], **fast)
-        cfg["judge"].update(model="fake-judge", mode="chat", endpoints=[{"name": "j", "base_url": judge.url}], **fast)
-        path = tmp_path / "c.yaml"
-        path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-        env = dict(os.environ, PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect"), RAY_AUTH_MODE="disabled",
-                   RAY_USAGE_STATS_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
-                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # a busy machine starts it slowly
-        yield {"teacher": teacher, "judge": judge, "config": str(path), "cfg": cfg, "storage": str(tmp_path / "runs"), "env": env, "tmp": tmp_path}
-    finally:
-        teacher.close()
-        judge.close()
 
 
 def _teacher_keys(w) -> list[str]:

@@ -74,7 +74,7 @@ def test_concurrent_takers_exactly_one_wins(roots):
 
 
 @pytest.mark.parametrize("roots", ["local", "s3"], indirect=True)
-def test_killed_owner_is_taken_over_after_ttl(roots):
+def test_killed_owner_is_taken_over_at_once_and_a_remote_one_after_ttl(roots):
     root, opts = roots
     owner = _spawn(root, "crashy", time.time(), 600, 2.0, opts, "dead")
     line = owner.stdout.readline()
@@ -83,14 +83,22 @@ def test_killed_owner_is_taken_over_after_ttl(roots):
     owner.wait(10)
     owner.stdout.close()
     owner.stderr.close()
-    with pytest.raises(LeaseHeld, match="run crashy is in use by taker-dead"):
-        RunLease(root, "crashy", owner="early", ttl_s=5, storage_options=opts).acquire()
-    time.sleep(2.5)
+    # the holder is a dead process of this host: taken over at once, not after the ttl
+    t0 = time.monotonic()
     with RunLease(root, "crashy", owner="later", ttl_s=5, storage_options=opts) as lease:
+        assert time.monotonic() - t0 < 1.5
         assert lease.took_over["owner"] == "taker-dead" and lease.took_over["pid"] == owner.pid
         doc = lease.read()
         assert doc["owner"] == "later" and doc["pid"] == os.getpid() and doc["token"] == lease.token
     assert lease.read() is None
+    # a holder on another host cannot be checked: it keeps the lease until its heartbeat is older than the ttl
+    remote = RunLease(root, "crashy-remote", storage_options=opts)
+    remote.store.write_json(remote.uri, {"owner": "far", "host": "other-host", "pid": owner.pid, "heartbeat": time.time(), "ttl_s": 2.0})
+    with pytest.raises(LeaseHeld, match="run crashy-remote is in use by far"):
+        RunLease(root, "crashy-remote", owner="early", ttl_s=5, storage_options=opts).acquire()
+    time.sleep(2.5)
+    with RunLease(root, "crashy-remote", owner="later", ttl_s=5, storage_options=opts) as lease:
+        assert lease.took_over["owner"] == "far"
 
 
 @pytest.mark.parametrize("roots", ["local", "s3"], indirect=True)

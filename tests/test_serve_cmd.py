@@ -66,8 +66,32 @@ def test_serve_with_api_key_refuses_requests_without_it():
         r = _complete(port, "s3cret-key")
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["text"]
+        _models_and_context_limit(port, "s3cret-key")
     finally:
         _stop(p)
+
+
+def _models_and_context_limit(port: int, key: str | None) -> None:
+    """Issue 23, finding 9: /v1/models lists the served model (transformers serve answered 500);
+    a prompt longer than the context gets a fast 400 naming it (it answered 200 with junk after 81 s)."""
+    h = {"Authorization": f"Bearer {key}"} if key else {}
+    r = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=h, timeout=30)
+    assert r.status_code == 200, r.text
+    assert [m["id"] for m in r.json()["data"]] == [MODEL]
+    if key:
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 401
+    long = "<|im_start|>user\n" + "hello " * 12000 + "<|im_end|>\n<|im_start|>assistant\n"
+    for path, body in (("completions", {"model": MODEL, "prompt": long, "max_tokens": 8}),
+                       ("chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 12000}], "max_tokens": 8})):
+        t0 = time.monotonic()
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/{path}", json=body, headers=h, timeout=60)
+        took = time.monotonic() - t0
+        assert r.status_code == 400 and took < 5, (path, r.status_code, took, r.text[:300])
+        err = r.json()["error"]
+        assert err["code"] == "context_length_exceeded" and "maximum context length is 8192 tokens" in err["message"], err
+    # a prompt that fits plus max_tokens past the context is refused too; one that fits goes through
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 9000}, headers=h, timeout=60)
+    assert r.status_code == 400 and "(1 in the prompt, 9000 for the completion)" in r.json()["error"]["message"], r.text[:300]
 
 
 def test_serve_without_api_key_answers_and_stops_cleanly():
@@ -75,6 +99,7 @@ def test_serve_without_api_key_answers_and_stops_cleanly():
     try:
         r = _complete(port, None)
         assert r.status_code == 200 and r.json()["choices"][0]["text"]
+        _models_and_context_limit(port, None)
     finally:
         _stop(p)
 

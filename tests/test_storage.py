@@ -100,15 +100,16 @@ def _integrity(store: Store):
     store.write_shard("distill", "shard-00001", rows[3:], cfg_hash="h1")
     assert store.stage_complete("distill", "h1", deep=True)
 
-    # same size, other bytes: only the content hash sees it
+    # same size, other bytes: the quick check (fast hash locally, ETag on S3) sees it too
     uri = store.uri("distill", "shard-00001.parquet")
     raw = bytearray(store.read_bytes(uri))
     raw[len(raw) // 2] ^= 0xFF
     store.write_bytes_atomic(uri, bytes(raw))
-    assert store.shard_committed("distill", "shard-00001", "h1")  # cheap: size matches
+    assert not store.shard_committed("distill", "shard-00001", "h1")
     assert not store.shard_committed("distill", "shard-00001", "h1", deep=True)
     assert store.verify("distill") == {"shard-00000": "ok", "shard-00001": "damaged"}
-    assert store.stage_complete("distill", "h1") and not store.stage_complete("distill", "h1", deep=True)
+    assert store.verify("distill", deep=False) == {"shard-00000": "ok", "shard-00001": "damaged"}
+    assert not store.stage_complete("distill", "h1") and not store.stage_complete("distill", "h1", deep=True)
     lines, ok = check_run(store)
     assert not ok and "distill: 2 shard(s), complete: 1 ok, 0 missing, 1 damaged" in lines
     assert "  damaged  distill/shard-00001" in lines and lines[-1].endswith(store.cli_command("retry-failed"))
@@ -128,7 +129,7 @@ def test_entries_without_sizes_still_count(tmp_path):
     store = Store(str(tmp_path / "runs"), "old")
     store.write_shard("prompts", "shard-00000", [{"a": 1}], cfg_hash="h")
     e = store.shard_entry("prompts", "shard-00000")
-    del e["size"], e["sha256"]
+    del e["size"], e["sha256"], e["xxh3_64"], e["etag"]
     store.write_json(store.uri("prompts", "_shards", "shard-00000.json"), e)
     assert store.shard_committed("prompts", "shard-00000", "h", deep=True)
     store.write_bytes_atomic(store.uri("prompts", "shard-00000.parquet"), b"not parquet")

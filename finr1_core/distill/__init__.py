@@ -8,8 +8,8 @@
 """
 from .cache import ResponseCache, response_cache_root
 from .keys import effective_prefix, parse_trace, render_prompt_text, request_key, sampling_dict
-from .pool import RequestQueue, TeacherWorker, drop_pool, run_requests, warm_workers, worker_pool
-from .ray_runtime import end_processes, install_exit_hooks, ray_init, ray_shutdown, session_processes
+from .pool import RequestQueue, TeacherWorker, drop_pool, run_requests, stop_requests, stopping, warm_workers, worker_pool
+from .ray_runtime import child_processes, end_processes, install_exit_hooks, ray_init, ray_shutdown, remove_temp_dir, session_processes
 from .shard import (
     STAGE,
     TRACE_SCHEMA,
@@ -32,6 +32,7 @@ __all__ = [
     "ShardResult",
     "TeacherWorker",
     "distill_shard",
+    "child_processes",
     "drop_pool",
     "end_processes",
     "effective_prefix",
@@ -40,12 +41,15 @@ __all__ = [
     "plan_shard",
     "ray_init",
     "ray_shutdown",
+    "remove_temp_dir",
     "render_prompt_text",
     "request_key",
     "response_cache_root",
     "run_requests",
     "sampling_dict",
     "session_processes",
+    "stop_requests",
+    "stopping",
     "token_cost",
     "trace_rows",
     "warm_workers",

@@ -4,6 +4,7 @@ Layout: ``<storage_root>/_cache/responses/<key[:2]>/<key>.json`` (local or any f
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -53,9 +54,16 @@ class ResponseCache:
                 with self._lock:
                     self._dirs.add(parent)
             tmp = f"{parent}/.tmp-{key}-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())  # durable before the shard that needs it is written
+                os.replace(tmp, path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a full disk leaves no partial file behind
+                raise
         else:
             self.fs.pipe_file(path, data)
 

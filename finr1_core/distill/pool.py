@@ -5,7 +5,8 @@ Work stealing: a shard's missing requests go into one :class:`RequestQueue` acto
 :class:`TeacherWorker` runs as many lanes as its client has concurrency slots; a lane takes the
 next request when it frees up. So a slow request holds one lane, never a chunk of other
 requests, and a worker that finishes early keeps pulling while the others are busy. Each
-response is written to the response cache the moment it completes.
+response is written to the response cache the moment it completes; when that write fails for
+good (a full disk), the worker and the queue stop: no answer is paid for that cannot be kept.
 """
 from __future__ import annotations
 
@@ -31,10 +32,20 @@ class RequestQueue:
 
     def __init__(self) -> None:
         self._jobs: dict[str, deque] = {}
+        self._stopped = False
 
     def put(self, job_id: str, reqs: list[dict]) -> int:
+        if self._stopped:
+            return 0
         self._jobs[job_id] = deque(reqs)
         return len(reqs)
+
+    def stop(self) -> int:
+        """Drop every pending request, and refuse new ones (the run is stopping). Returns how many were dropped."""
+        self._stopped = True
+        n = sum(len(q) for q in self._jobs.values())
+        self._jobs.clear()
+        return n
 
     def take(self, job_id: str, n: int) -> list[dict]:
         q = self._jobs.get(job_id)
@@ -61,12 +72,27 @@ class TeacherWorker:
         self._clients: dict[str, Any] = {}
         self._caches: dict[str, ResponseCache] = {}
         self._progress: dict[str, dict] = {}
+        self._stopped = False
+        self._inflight = 0  # requests taken by a lane and not yet answered and cached
 
     def client(self, spec: ClientSpec) -> Any:
         h = config_hash(spec.to_dict())
         if h not in self._clients:
             self._clients[h] = spec.build()
+            if self._stopped:
+                self._clients[h].policy.stop()
         return self._clients[h]
+
+    def stop(self) -> int:
+        """Start no new request (first attempts and retries alike); requests in flight finish and are
+        cached. Returns the number in flight."""
+        self._stopped = True
+        for c in self._clients.values():
+            c.policy.stop()
+        return self._inflight
+
+    def inflight(self) -> int:
+        return self._inflight
 
     def cache(self, root: str, opts: dict) -> ResponseCache:
         h = config_hash([root, sorted(opts)])
@@ -89,9 +115,25 @@ class TeacherWorker:
         take = _Feeder(queue, job_id, batch=max(1, lanes // 4))
         out: list[dict] = []
 
+        gate = {"trouble": False}  # a cache write is failing: no lane starts a request meanwhile
+
         async def lane() -> None:
-            while (r := await take()) is not None:
-                out.append(await _one(client, cache, sampling, job, r, prog))
+            while not self._stopped and (r := await take()) is not None:
+                while gate["trouble"] and not self._stopped:
+                    await asyncio.sleep(0.05)
+                if self._stopped:
+                    break
+                self._inflight += 1
+                try:
+                    o = await _one(client, cache, sampling, job, r, prog, gate)
+                finally:
+                    self._inflight -= 1
+                out.append(o)
+                if o["ok"] and not o["cached"]:
+                    # the storage cannot keep answers (disk full): pay for no more of them, in any shard
+                    log.error("response cache %s cannot be written: no new teacher request is sent", cache_root)
+                    self.stop()
+                    await queue.stop.remote()
 
         try:
             await asyncio.gather(*(lane() for _ in range(lanes)))
@@ -132,7 +174,7 @@ class _Feeder:
             await asyncio.shield(self.refill)
 
 
-async def _one(client: Any, cache: ResponseCache, sampling: Sampling, job: dict, r: dict, prog: dict) -> dict:
+async def _one(client: Any, cache: ResponseCache, sampling: Sampling, job: dict, r: dict, prog: dict, gate: dict | None = None) -> dict:
     try:
         c = await client.acomplete(r.get("messages") or [], sampling, r.get("prefix", ""), prompt=r.get("prompt"), key=r["key"])
     except LLMError as e:
@@ -145,23 +187,28 @@ async def _one(client: Any, cache: ResponseCache, sampling: Sampling, job: dict,
         "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "attempts": c.attempts,
         "started_at": c.started_at, "ended_at": c.ended_at,
     }
-    cached = await _put_with_retries(cache, rec)
+    cached = await _put_with_retries(cache, rec, gate=gate)
     prog["done"] += 1
     prog["prompt_tokens"] += c.prompt_tokens
     prog["completion_tokens"] += c.completion_tokens
     return {"ok": True, "record": rec, "cached": cached}
 
 
-async def _put_with_retries(cache: ResponseCache, rec: dict, tries: int = 4) -> bool:
+async def _put_with_retries(cache: ResponseCache, rec: dict, tries: int = 4, gate: dict | None = None) -> bool:
+    """Cache one answer (durably: fsync'd locally) before anything else is done with it. While a
+    write fails, ``gate["trouble"]`` holds every lane of the worker back; False after ``tries``."""
+    gate = gate if gate is not None else {}
     for i in range(tries):
         try:
             if cache.local:
-                cache.put(rec)  # ~100 µs: cheaper inline than a thread hop
+                cache.put(rec)  # a small file: cheaper inline than a thread hop
             else:
                 await asyncio.to_thread(cache.put, rec)
+            gate["trouble"] = False
             return True
         except Exception as e:  # noqa: BLE001 - the driver retries the write once more
-            log.warning("cache write failed (%s), try %d/%d", type(e).__name__, i + 1, tries)
+            gate["trouble"] = True
+            log.warning("cache write failed (%s: %s), try %d/%d", type(e).__name__, e, i + 1, tries)
             await asyncio.sleep(0.2 * 2**i)
     return False
 
@@ -169,6 +216,42 @@ async def _put_with_retries(cache: ResponseCache, rec: dict, tries: int = 4) -> 
 # =========================================================================== the pool
 _POOL_LOCK = threading.Lock()
 _POOL: dict[str, Any] = {"job": None, "workers": [], "queue": None}
+_STOPPED = threading.Event()  # this process is stopping: run_requests sends nothing more
+
+
+def stop_requests(grace_s: float = 8.0, log_fn: Callable[[str], None] | None = None) -> int:
+    """Stop distillation in this process: no teacher request starts from now on (the queue drops
+    what is pending, every worker's client refuses new attempts and retries), and wait up to
+    ``grace_s`` for the requests in flight, whose responses the workers cache as they arrive.
+    Returns how many were still in flight when it gave up (0: every response that arrived is cached)."""
+    _STOPPED.set()
+    with _POOL_LOCK:
+        workers, queue = list(_POOL["workers"]), _POOL["queue"]
+    if not workers and queue is None:
+        return 0
+    import ray
+
+    deadline = time.monotonic() + grace_s
+    try:
+        refs = [w.stop.remote() for w in workers] + ([queue.stop.remote()] if queue is not None else [])
+        ray.get(refs, timeout=max(0.5, min(3.0, grace_s)))
+        n = -1
+        while True:
+            n = sum(ray.get([w.inflight.remote() for w in workers], timeout=max(0.5, min(2.0, deadline - time.monotonic()))))
+            if n == 0 or time.monotonic() >= deadline:
+                return n
+            if log_fn is not None:
+                log_fn(f"waiting for {n} teacher request(s) in flight (up to {max(0.0, deadline - time.monotonic()):.0f}s more)")
+                log_fn = None
+            time.sleep(0.1)
+    except Exception as e:  # noqa: BLE001 - Ray already gone: nothing left to wait for
+        log.warning("stopping the workers: %s", type(e).__name__)
+        return -1
+
+
+def stopping() -> bool:
+    """Whether :func:`stop_requests` was called in this process."""
+    return _STOPPED.is_set()
 
 
 def worker_pool(n: int) -> tuple[list, Any]:
@@ -216,12 +299,15 @@ def run_requests(reqs: list[dict], spec: ClientSpec, job: dict, cache_root: str,
     exactly one of the first two."""
     import ray
 
+    if _STOPPED.is_set():
+        return {}, {r["key"]: "stopped: no new request is sent" for r in reqs}, []
     ray_init(distill_cfg.ray_address, distill_cfg.ray_num_cpus)
     n = max(1, min(distill_cfg.num_workers, len(reqs)))
     workers, queue = worker_pool(distill_cfg.num_workers)
     workers = workers[:n]
     job_id = uuid.uuid4().hex
-    ray.get(queue.put.remote(job_id, reqs))
+    if reqs and not ray.get(queue.put.remote(job_id, reqs)):  # the queue was stopped (a run stopping, a full disk)
+        return {}, {r["key"]: "stopped: no new request is sent (the run is stopping, or the response cache cannot be written)" for r in reqs}, []
     wspec = spec.for_workers(distill_cfg.num_workers)
     refs = {w.run.remote(job_id, wspec, job, cache_root, cache_opts, queue): w for w in workers}
     state = _Collect(job_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -93,7 +94,32 @@ def ray_shutdown(grace_s: float = 3.0) -> list[int]:
         for fn in _ON_SHUTDOWN:
             fn()
         _SESSION["temp_dir"] = None
-    return end_processes(procs, grace_s)
+    ended = end_processes(procs, grace_s)
+    remove_temp_dir(temp_dir)
+    return ended
+
+
+def remove_temp_dir(temp_dir: str | None = None) -> None:
+    """Remove the local Ray session's folder (``finr1-ray-*`` in the temporary directory; default:
+    this process's), unless ``FINR1_KEEP_TEMP=1`` (``--keep-temp``) keeps it for debugging."""
+    temp_dir = temp_dir or _SESSION["temp_dir"]
+    if temp_dir and os.environ.get("FINR1_KEEP_TEMP") != "1" and os.path.basename(temp_dir).startswith("finr1-ray-"):
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def child_processes(pid: int | None = None) -> list[tuple[int, str]]:
+    """(pid, start time) of every descendant of ``pid`` (default: this process), children first:
+    the ephemeral Prefect server, Ray's GCS, raylet, agents and workers, model servers. Taken as a
+    snapshot before ending any of them: an agent whose raylet died is re-parented and lost from view."""
+    table = _proc_table()
+    root = os.getpid() if pid is None else pid
+    found: list[int] = []
+    frontier = {root}
+    while frontier:
+        kids = sorted(p for p, (pp, _, _) in table.items() if pp in frontier and p not in found and p != root)
+        found.extend(kids)
+        frontier = set(kids)
+    return [(p, table[p][1]) for p in found]
 
 
 def _proc_table() -> dict[int, tuple[int, str, str]]:

@@ -25,7 +25,7 @@ from ..llm import ClientSpec, Endpoint
 from ..storage import Store, config_hash
 from .cache import ResponseCache, response_cache_root
 from .keys import effective_prefix, parse_trace, render_prompt_text, request_key, sampling_dict
-from .pool import run_requests
+from .pool import run_requests, stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +228,13 @@ def _send(pending: list, plan: _Plan, spec: ClientSpec, role_cfg: Any, distill_c
     job = {"model": role_cfg.model, "mode": plan.mode, "sampling_key": plan.samp_json,
            "sampling": {"temperature": role_cfg.temperature, "top_p": role_cfg.top_p, "max_tokens": role_cfg.max_tokens}}
     new, failures, unsaved = run_requests(reqs, spec, job, cache.root, cache.storage_options, distill_cfg, view.update)
-    for rec in unsaved:  # the worker could not write these: try once more from here
-        cache.put(rec)
+    try:
+        for rec in unsaved:  # the worker could not write these: try once more from here
+            cache.put(rec)
+    except OSError as e:
+        stop_requests(grace_s=0)  # this process pays for no answer it cannot keep
+        raise OSError(e.errno, f"response cache {cache.root} cannot be written ({e.strerror or e}); no new teacher request is sent: "
+                               f"free space, then `finr1 retry-failed`") from None
     records.update(new)
     res.completed = len(new)
     res.paid_prompt_tokens = sum(int(r.get("prompt_tokens") or 0) for r in new.values())

@@ -259,6 +259,8 @@ class LLMClient:
                 async with st.semaphore():
                     if self._ejected_while_queued(st):
                         continue  # go elsewhere (not an attempt)
+                    if self.policy.stopped:  # stopped while this request waited for a slot
+                        break
                     attempt += 1
                     await st.acquire(est_tokens)
                     text, finish, pt, ct, sent, reasoning = await asyncio.wait_for(
@@ -274,6 +276,8 @@ class LLMClient:
                 st.assigned -= 1
             if self.policy.should_retry(attempt):
                 await asyncio.sleep(self.policy.delay(attempt, retry_after))
+        if self.policy.stopped:
+            raise LLMError(f"stopped: no new request is sent ({attempt} attempts made; last: {last_err})")
         raise LLMError(f"request failed after {attempt} attempts: {last_err}")
 
     async def aclose(self) -> None:

@@ -36,14 +36,20 @@ class CallPolicy:
     backoff_max_s: float = 20.0
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 30.0
+    stopped: bool = False  # set by stop(): no attempt starts any more (a run being stopped)
 
     def __post_init__(self) -> None:
         self.breaker_threshold = max(1, self.breaker_threshold)
 
     # ------------------------------------------------------------------ retries
+    def stop(self) -> None:
+        """No further attempt starts (first attempts and retries alike); attempts in flight go on."""
+        self.stopped = True
+
     def should_retry(self, attempts: int) -> bool:
-        """Whether an attempt may follow ``attempts`` attempts made (so the first one always goes)."""
-        return attempts <= self.max_retries
+        """Whether an attempt may follow ``attempts`` attempts made (so the first one always goes,
+        unless the policy was stopped)."""
+        return not self.stopped and attempts <= self.max_retries
 
     def failure(self, e: Exception, endpoint: str) -> tuple[str, float | None]:
         """(the reason, the server's ``Retry-After`` in seconds or None) of a failed attempt worth

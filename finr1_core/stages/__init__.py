@@ -16,11 +16,11 @@ Stage outputs under ``<storage_root>/<run_id>/``::
 """
 from finr1_core.stages.evaluate import MODELS
 from finr1_core.stages.registry import STAGE_NAMES, STAGES, downstream, stage
-from finr1_core.stages.runner import finish_stage, pending_shards, run_stage, stage_hash
+from finr1_core.stages.runner import expected_shards, finish_stage, pending_shards, run_stage, stage_hash
 from finr1_core.stages.runs import load, load_run_config, new_run_id, save_run_config, store_for
 from finr1_core.stages.train import model_path
 
 __all__ = [
-    "MODELS", "STAGES", "STAGE_NAMES", "downstream", "finish_stage", "load", "load_run_config", "model_path", "new_run_id",
+    "MODELS", "STAGES", "STAGE_NAMES", "downstream", "expected_shards", "finish_stage", "load", "load_run_config", "model_path", "new_run_id",
     "pending_shards", "run_stage", "save_run_config", "stage", "stage_hash", "store_for",
 ]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from finr1_core.config import PipelineConfig
 from finr1_core.stages.base import Context, ProgressCB, summary
-from finr1_core.stages.registry import stage
+from finr1_core.stages.registry import STAGES, stage
 from finr1_core.stages.runs import store_for
-from finr1_core.storage import config_hash
+from finr1_core.storage import Store, config_hash
 
 
 def _dump(x):
@@ -42,6 +42,8 @@ def run_stage(cfg: PipelineConfig, name: str, shard: str | None = None, *, base_
     ctx = Context(for_served(cfg, base_url), store_for(cfg), stage_hash(cfg, name), shard, base_url, progress, options)
     if st.cached and (prior := _done(st, ctx)) is not None:
         return {**prior, "stage": name, "skipped": True}
+    if st.sharded:
+        ctx.store.begin_stage(st.outputs[0])
     out = st.body(ctx)
     extras = out.pop("manifest", {}) if isinstance(out, dict) else {}
     if not st.sharded:
@@ -62,6 +64,13 @@ def finish_stage(cfg: PipelineConfig, name: str, shards: list[str]) -> dict:
         raise RuntimeError(f"stage {name}: {len(missing)} shard(s) not committed: {', '.join(missing[:10])}")
     store.complete_stage(output, h)
     return summary(store, output)
+
+
+def expected_shards(store: Store) -> dict[str, list[str]]:
+    """Per started sharded stage (distill, scored), every prompt shard: what ``finr1 check`` expects."""
+    prompt_shards = [e["shard"] for e in store.shards("prompts")]
+    begun = set(store.stages())
+    return {s.outputs[0]: prompt_shards for s in STAGES.values() if s.sharded and s.outputs[0] in begun}
 
 
 def pending_shards(cfg: PipelineConfig) -> dict[str, list[str]]:
