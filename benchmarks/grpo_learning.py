@@ -41,7 +41,6 @@ def finr1(*args: str, log: Path) -> None:
     exe = Path(sys.executable).with_name("finr1")
     cmd = [str(exe) if exe.exists() else "finr1", *args]
     shown = "finr1 " + " ".join("''" if a == "" else a for a in args)
-    COMMANDS.append(shown)
     print("$ " + shown, flush=True)
     with log.open("a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
@@ -78,10 +77,11 @@ def confusion(rows: list[dict]) -> dict[str, dict[str, int]]:
     """gold -> predicted label (``none``: no label read from the answer) -> count."""
     from finr1_core.verify import parse_label
 
+    canon = {parse_label(c): c for c in LABELS}  # the verifier's label names (positive, ...) -> TFNS's
     m = {g: {p: 0 for p in (*LABELS, "none")} for g in LABELS}
-    for r in rows:
-        p = parse_label(str(r["extracted"]), loose=True) if r.get("extracted") else None
-        m[r["gold"]][p if p in LABELS else "none"] += 1
+    for r in rows:  # the verifier reports the label it read (correct/incorrect); an unreadable answer is "unknown"
+        p = canon.get(parse_label(str(r["extracted"]))) if r.get("extracted") and r["verdict"] != "unknown" else None
+        m[r["gold"]][p or "none"] += 1
     return m
 
 
@@ -165,7 +165,6 @@ def main() -> None:
     from finr1_core.training.data import write_rows
     from finr1_core.training.recipes import read_yaml
 
-    t0 = time.time()
     work = Path(a.work or tempfile.mkdtemp(prefix="finr1-learn-"))
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
@@ -192,17 +191,24 @@ def main() -> None:
     model_dir = work / "grpo"
     ev = ["--benchmarks", "tfns", "--data", f"tfns={held_file}", "--max-tokens", str(max_tokens), "--temperature", "0",
           "--think-prefix", prefix, "--concurrency", "1", "--no-reference"]
-    t_eval0 = time.time()
-    finr1("eval", "--model", f"base={base}", *ev, "--out", str(work / "eval-base"), log=log)
-    t_eval_base = time.time() - t_eval0
+    # a re-run with the same --work reuses what is done (finr1 eval's cache; a finished training job) and its timings
+    times_file = work / "minutes.json"
+    times = json.loads(times_file.read_text()) if times_file.exists() else {}
+
+    def timed(key: str, *args: str) -> None:
+        COMMANDS.append("finr1 " + " ".join("''" if x == "" else x for x in args))
+        if key in times:
+            return
+        t = time.time()
+        finr1(*args, log=log)
+        times[key] = (time.time() - t) / 60
+        times_file.write_text(json.dumps(times))
+
     sets = [f"max_minutes={a.minutes}", f"seed={a.seed}"] + ([f"max_steps={a.max_steps}"] if a.max_steps else []) + a.set
-    t_train0 = time.time()
-    finr1("train", "grpo", "--recipe", a.recipe, "--data", train_uri, "--output", str(model_dir),
-          *[x for s in sets for x in ("--set", s)], log=log)
-    t_train = time.time() - t_train0
-    t_eval1 = time.time()
-    finr1("eval", "--model", f"grpo={model_dir}", *ev, "--out", str(work / "eval-grpo"), log=log)
-    t_eval_grpo = time.time() - t_eval1
+    timed("eval, base", "eval", "--model", f"base={base}", *ev, "--out", str(work / "eval-base"))
+    timed("GRPO training (the job, start-up included)", "train", "grpo", "--recipe", a.recipe, "--data", train_uri,
+          "--output", str(model_dir), *[x for s in sets for x in ("--set", s)])
+    timed("eval, trained", "eval", "--model", f"grpo={model_dir}", *ev, "--out", str(work / "eval-grpo"))
 
     before, after = summary(eval_rows(work / "eval-base")), summary(eval_rows(work / "eval-grpo"))
     res = json.loads((model_dir / "train_result.json").read_text())
@@ -219,7 +225,7 @@ def main() -> None:
     rewards = [float(e["reward"]) for e in hist if "reward" in e]
     stds = [float(e["reward_std"]) for e in hist if "reward_std" in e]
     q = max(1, len(rewards) // 4)
-    minutes = (time.time() - t0) / 60
+    minutes = sum(times.values())
     above = after["ci"][0] > before["ci"][1]
     used = yaml.safe_dump({k: recipe[k] for k in ("think_prefix", "reward_funcs", "learning_rate", "num_generations",
                                                    "per_device_train_batch_size", "max_completion_length", "temperature") if k in recipe},
@@ -265,10 +271,7 @@ After GRPO:
 
 | part | minutes |
 |---|---:|
-| eval, base | {t_eval_base / 60:.1f} |
-| GRPO training (job, incl. start-up) | {t_train / 60:.1f} |
-| eval, trained | {t_eval_grpo / 60:.1f} |
-| **total** | **{minutes:.1f}** |
+{"".join(f"| {k} | {v:.1f} |{chr(10)}" for k, v in times.items())}| **total** | **{minutes:.1f}** |
 
 ## Commands
 
