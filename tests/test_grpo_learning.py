@@ -76,7 +76,9 @@ def train_and_margin(tmp_path, sign: float) -> tuple[float, float, list[float]]:
         bad = [x for x, y in zip(lps, labels) if y == 0]
         return sum(good) / len(good) - sum(bad) / len(bad)
 
-    return margin(mean_logprobs(str(embedded_model_dir()), pairs)), margin(mean_logprobs(res.output_dir, pairs)), stds
+    before, after = margin(mean_logprobs(str(embedded_model_dir()), pairs)), margin(mean_logprobs(res.output_dir, pairs))
+    print(f"sign {sign:+}: {len(pairs)} completions in groups with a spread; margin {before:.3f} -> {after:.3f}; reward std {stds}")
+    return before, after, stds
 
 
 def test_grpo_raises_the_logprob_of_rewarded_completions(tmp_path):
