@@ -20,7 +20,7 @@ from finr1_core.training.rewards import accuracy_reward
 
 RECIPE = str(REPO_ROOT / "configs" / "recipes" / "smollm2-135m" / "grpo-tfns.yaml")
 # 3 steps x 2 prompts x 8 generations; a higher learning rate than the recipe's so that 3 steps move it
-OVERRIDES = {"max_steps": 3, "learning_rate": 1e-4, "max_minutes": 10, "seed": 0, "report_to": "none",
+OVERRIDES = {"max_steps": 3, "learning_rate": 1e-4, "warmup_steps": 0, "max_minutes": 10, "seed": 0, "report_to": "none",
              "max_completion_length": 16}
 
 
