@@ -92,3 +92,15 @@ def test_flipped_reward_moves_the_other_way(tmp_path):
     """The check above can fail: with the reward's sign flipped, the margin falls."""
     before, after, _ = train_and_margin(tmp_path, -1.0)
     assert after < before - 0.05, f"margin {before:.3f} -> {after:.3f}"
+
+
+@pytest.mark.parametrize("prefix", ["", "<think>\n"])
+def test_accuracy_reward_is_what_the_eval_counts(prefix):
+    """The reward and ``finr1 eval`` score the same text the same way (the reward extracted first and
+    paid 0 for a bare label that the eval counts correct)."""
+    from finr1_core.verify import verify
+
+    comps = ["Neutral", "Bearish", "The sentiment is **Neutral**", "The sentiment of this financial tweet is Neutral."]
+    got = accuracy_reward(comps, answer=["Neutral"] * 4, answer_type=["label"] * 4, think_prefix=[prefix] * 4)
+    assert got == [1.0 if verify("Neutral", prefix + c, "label").verdict == "correct" else 0.0 for c in comps]
+    assert got[:3] == [1.0, 0.0, 1.0]
