@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # Prefect's default (20 s) is too short for the ephemeral server on a busy machine
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: demo test lint setup model vllm clean server server-down help webui webui-setup webui-test-deps webui-test
+.PHONY: demo test lint setup model vllm clean server server-down help webui webui-setup webui-test-deps webui-test learn
 
 help:
 	@echo "make demo   - set up .venv, prepare the embedded model, run the whole pipeline"
@@ -23,6 +23,7 @@ help:
 	@echo "make server - local Prefect server + worker on 127.0.0.1:4200, deploy deployments/prefect.yaml"
 	@echo "make server-down - stop them (worker by PID, then prefect server stop)"
 	@echo "make webui  - Open WebUI on 127.0.0.1:8080 chatting with the embedded model (finr1 serve); Ctrl-C stops both"
+	@echo "make learn  - GRPO on TFNS: base vs trained on held-out rows (LEARN_ARGS='--data PATH --eval-data PATH --minutes 35 --eval-rows 300')"
 	@echo "make webui-test - the browser test (Chromium + Playwright; installs them first)"
 	@echo "TORCH_INDEX=https://download.pytorch.org/whl/cpu make test - take the CPU torch from PyTorch's index (default: pip's own config)"
 
@@ -73,6 +74,11 @@ model: setup
 
 demo: model vllm
 	$(BIN)/finr1 run --config configs/embedded.yaml
+
+# Does training work? GRPO on TFNS, base against trained on held-out rows -> benchmarks/results/grpo_learning.md
+LEARN_ARGS ?=
+learn: model
+	$(BIN)/python benchmarks/grpo_learning.py $(LEARN_ARGS)
 
 # Two pytest-xdist workers: much of the suite waits on the servers it starts. --dist loadfile keeps a
 # test file on one worker, so module fixtures (a pipeline run, a Prefect server) run once.

@@ -366,6 +366,7 @@ def eval_cmd(
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight per endpoint"),
     rpm: float = typer.Option(None, "--rpm", help="Requests per minute per endpoint"),
     no_reference: bool = typer.Option(False, "--no-reference", help="Leave out Fin-R1's published reference rows"),
+    think_prefix: str = typer.Option("<think>\n", "--think-prefix", help="Forced start of a local model's answer (a recipe's think_prefix); '' for none"),
 ) -> None:
     """Evaluate named models on named benchmarks; a re-run evaluates only what is not cached."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -376,7 +377,8 @@ def eval_cmd(
     from finr1_core.sources import IngestError
 
     settings = EvalSettings(sampling=Sampling(temperature, 1.0 if temperature == 0 else 0.95, max_tokens), samples=samples,
-                            max_concurrency=concurrency, rpm=rpm, judge_max_tokens=judge_max_tokens)
+                            max_concurrency=concurrency, rpm=rpm, judge_max_tokens=judge_max_tokens,
+                            prefix=think_prefix.replace("\\n", "\n"))  # a shell gives "\\n" literally
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("failed {task.fields[failed]}"),
                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task("eval", total=None, failed=0)

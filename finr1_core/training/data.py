@@ -104,7 +104,10 @@ def sft_examples(rows: Sequence[dict]) -> list[dict]:
 
 
 def grpo_examples(rows: Sequence[dict], tokenizer, think_prefix: str = "<think>\n") -> list[dict]:
-    """Prompt rows (messages + gold) -> GRPO string prompts ending with the forced prefix."""
+    """Prompt rows (messages + gold) -> GRPO string prompts ending with the forced prefix.
+
+    The prefix is also a column (``think_prefix``), so the accuracy reward scores ``prefix +
+    completion`` as ``finr1 eval`` scores an output."""
     out = []
     for i, r in enumerate(rows):
         msgs = _turns(r, i, "messages", "conversation", "prompt")
@@ -115,7 +118,7 @@ def grpo_examples(rows: Sequence[dict], tokenizer, think_prefix: str = "<think>\
         if gold is None or str(gold).strip() == "":
             raise DataError(f"data error: row {i}: answer: missing (GRPO needs a gold answer in answer or gold)")
         prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + think_prefix
-        out.append({"prompt": prompt, "answer": str(gold), "answer_type": r.get("answer_type")})
+        out.append({"prompt": prompt, "answer": str(gold), "answer_type": r.get("answer_type"), "think_prefix": think_prefix})
     return out
 
 

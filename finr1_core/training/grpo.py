@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from finr1_core.training.data import DataError, grpo_examples
 from finr1_core.training.recipes import Recipe, RecipeError, load_recipe
 from finr1_core.training.rewards import get_rewards
-from finr1_core.training.runner import TrainResult, train_and_save, with_row_log
+from finr1_core.training.runner import TrainResult, time_budget_callback, train_and_save, with_row_log
 from finr1_core.training.sft import recipe_and_overrides
 
 
@@ -60,6 +60,8 @@ def build_grpo_trainer(recipe: Recipe, rows: Sequence[dict], reward_funcs: Seque
         processing_class=tok,
         peft_config=get_peft_config(recipe.model),
     )
+    if recipe.script.max_minutes:
+        trainer.add_callback(time_budget_callback(recipe.script.max_minutes))
     if recipe.script.generation_fallback == "compiled" and recipe.args.cache_implementation == "static":
         trainer.generation_config.disable_compile = False  # TRL turns transformers' compiled decode off
     return trainer, tok, len(examples)

@@ -37,6 +37,7 @@ class ScriptArguments:
     reward_funcs: list[str] = field(default_factory=lambda: ["format", "accuracy"], metadata={"help": "Reward names from the registry"})
     think_prefix: str = field(default="<think>\n", metadata={"help": "Forced start of every GRPO completion"})
     generation_fallback: str = field(default="generate", metadata={"help": "GRPO generation without vLLM on a GPU: generate | compiled (static cache, compiled decode) | paged"})
+    max_minutes: float | None = field(default=None, metadata={"help": "Stop training after this many minutes, at a step boundary (the model is saved as usual)"})
     log_rows: bool = field(default=False, metadata={"help": "Write the rows each rank trained on to <output>/rows_seen/"})
 
 

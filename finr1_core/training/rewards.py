@@ -34,20 +34,21 @@ def format_reward_value(completion: str) -> float:
     return score
 
 
-def accuracy_reward_value(completion: str, gold: str | None, answer_type: str | None) -> float:
+def accuracy_reward_value(completion: str, gold: str | None, answer_type: str | None, think_prefix: str = "<think>\n") -> float:
     """1.0 when the rule verifier says correct; 0.0 otherwise, including an unparseable gold
-    (open-r1's early reward scored those 1.0; never do that). One call of the verifier per
-    completion: the verifier bounds its own time, so one pathological answer cannot stall a step."""
-    from finr1_core.extract import extract_answer
+    (open-r1's early reward scored those 1.0; never do that).
+
+    The completion is scored exactly as ``finr1 eval`` scores an output: ``verify(gold, prefix +
+    completion, answer_type)``, with the same forced prefix. Extracting first (boxed or answer
+    phrase only) paid 0 for a bare ``Neutral`` that the eval counts correct, so what GRPO
+    rewarded was not what the eval measures. One call of the verifier per completion: the
+    verifier bounds its own time, so one pathological answer cannot stall a step."""
     from finr1_core.verify import verify
 
     if gold is None or str(gold).strip() == "":
         return 0.0
-    pred = extract_answer("<think>\n" + completion)
-    if pred is None:
-        return 0.0
     try:
-        return 1.0 if verify(gold, pred, answer_type).verdict == "correct" else 0.0
+        return 1.0 if verify(gold, (think_prefix or "") + completion, answer_type).verdict == "correct" else 0.0
     except Exception:  # a verifier failure on one completion scores it 0, never stops the step
         return 0.0
 
@@ -64,11 +65,14 @@ def format_reward(completions, **kwargs) -> list[float]:
     return [format_reward_value(completion_text(c)) for c in completions]
 
 
-def accuracy_reward(completions, answer=None, answer_type=None, **kwargs) -> list[float]:
+def accuracy_reward(completions, answer=None, answer_type=None, think_prefix=None, **kwargs) -> list[float]:
+    """``think_prefix`` is the dataset column :func:`finr1_core.training.data.grpo_examples` writes
+    (the prefix the prompt ended with); without it, Fin-R1's ``<think>\n``."""
     n = len(completions)
     answer = answer or [None] * n
     answer_type = answer_type or [None] * n
-    return [accuracy_reward_value(completion_text(c), g, t) for c, g, t in zip(completions, answer, answer_type)]
+    prefixes = think_prefix or ["<think>\n"] * n
+    return [accuracy_reward_value(completion_text(c), g, t, p) for c, g, t, p in zip(completions, answer, answer_type, prefixes)]
 
 
 _STEP = re.compile(r"(Step \d+:|^\d+\.|\n-|\n\*|First,|Second,|Next,|Then,|Finally,|So,|Therefore)", re.MULTILINE)

@@ -109,6 +109,26 @@ def make_callback(remote_uri: str | None):
     return Progress()
 
 
+def time_budget_callback(minutes: float):
+    """Stop the trainer at the first step boundary after ``minutes`` (the recipe's ``max_minutes``)."""
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        def __init__(self):
+            self.t0 = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.t0 is not None and time.monotonic() - self.t0 >= minutes * 60:
+                if state.is_world_process_zero:
+                    print(tracking.progress_line("time_budget", step=state.global_step, minutes=minutes), flush=True)
+                control.should_training_stop = True
+
+    return TimeBudget()
+
+
 def with_row_log(trainer_cls, tokenizer):
     """A trainer subclass that writes, per rank, the decoded rows of every batch it trains on."""
 
