@@ -130,9 +130,10 @@ def test_flow_completes_with_real_content(e2e):
     teacher_reqs = [r["body"] for r in e2e["received"] if r["body"].get("model") == "deepseek-r1-standin"]
     assert len(teacher_reqs) == distill  # exactly once per key
     assert all(b["temperature"] == 0.6 and b["top_p"] == 0.95 for b in teacher_reqs)
-    for body in teacher_reqs:
-        assert body["prompt"].endswith("<|im_start|>assistant\n<think>\n"), body["prompt"][-80:]
-        assert "<|im_start|>system" not in body["prompt"]  # no system prompt
+    for body in teacher_reqs:  # the embedded teacher's chat-prefill: the assistant turn opened with the prefix
+        assert body["messages"][-1] == {"role": "assistant", "content": "<think>\n"}, body["messages"][-1]
+        assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+        assert all(m["role"] != "system" for m in body["messages"])  # no system prompt
     traces = store.read_rows("distill")
     for t in traces:
         assert t["text"].startswith("<think>\n") and "</think>" in t["text"]

@@ -90,7 +90,7 @@ def test_cli_trains_on_two_ray_train_workers(tiny, tmp_path):
              "--set", f"model_name_or_path={model}", "--set", "max_steps=2", "--set", "per_device_train_batch_size=1",
              "--set", "max_length=16", "--set", "log_rows=true")
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    summary = json.loads(p.stdout[p.stdout.rindex("{\n"):])
+    summary = json.loads(p.stdout[p.stdout.rindex("\n{\n") + 1:])  # the closing summary (its nested dicts open mid-line)
     assert summary["steps"] == 2 and summary["train_loss"] > 0 and summary["output_uri"] == str(out)
     seen = [set(json.loads(x)["text"] for x in (out / "rows_seen" / f"rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
     assert len(seen[0]) == 2 and len(seen[1]) == 2 and not (seen[0] & seen[1]), seen
