@@ -65,7 +65,7 @@ def default_owner() -> str:
     return f"{user}@{socket.gethostname()}:{os.getpid()}"
 
 
-def _proc_start(pid: int) -> str | None:
+def proc_start(pid: int) -> str | None:
     """The process's start time (clock ticks since boot, from /proc), or None when it is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -80,7 +80,7 @@ def holder_dead(doc: dict) -> bool:
     """The holder ran on this host and its process is gone (or its PID now names another process)."""
     if doc.get("host") != socket.gethostname() or not doc.get("pid") or not os.path.isdir("/proc/self"):
         return False
-    start = _proc_start(int(doc["pid"]))
+    start = proc_start(int(doc["pid"]))
     return start is None or (doc.get("pid_start") is not None and start != doc["pid_start"])
 
 
@@ -177,7 +177,7 @@ class RunLease:
 
     # ------------------------------------------------------------------ internals
     def _doc(self, now: float) -> dict:
-        return {"run_id": self.run_id, "owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
+        return {"run_id": self.run_id, "owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "pid_start": proc_start(os.getpid()),
                 "token": self.token, "started_at": self.started_at or _iso(now), "heartbeat_at": _iso(now),
                 "heartbeat": now, "ttl_s": self.ttl_s, "heartbeat_s": self.heartbeat_s}
 

@@ -157,13 +157,10 @@ def session_processes(*markers: str) -> list[tuple[int, str]]:
 
 
 def _alive(pid: int, start: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    fields = stat[stat.rfind(")") + 2:].split()
-    return fields[19] == start and fields[0] != "Z"  # same process (not a reused PID), not a zombie
+    """The same process (not a reused PID) is still running (not a zombie)."""
+    from finr1_core.lease import proc_start
+
+    return proc_start(pid) == start
 
 
 def end_processes(procs: list[tuple[int, str]], grace_s: float = 3.0) -> list[int]:
