@@ -63,10 +63,9 @@ def vllm_serve(tmp_path_factory):
     import threading
     import time
 
-    import httpx
-
     from finr1_core.config import REPO_ROOT, embedded_model_dir
     from finr1_core.serving import free_port, vllm_problem
+    from tests.servers import wait_healthy
 
     why = vllm_problem()
     if why:  # another CPU or OS: `make vllm` said so; finr1 serves with transformers there
@@ -85,15 +84,7 @@ def vllm_serve(tmp_path_factory):
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        while True:
-            assert p.poll() is None, f"finr1 serve --engine vllm exited {p.returncode}: {''.join(out)[-2000:]}"
-            assert time.monotonic() - t0 < 900, "vLLM not healthy after 900 s"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_healthy(p, port, 900, "finr1 serve --engine vllm", lambda: "".join(out))
         yield {"url": f"http://127.0.0.1:{port}/v1", "key": VLLM_TEST_KEY, "model": model, "log": log, "out": out,
                "startup_s": round(time.monotonic() - t0, 1), "pid": p.pid}
     finally:

@@ -30,6 +30,7 @@ from finr1_core.llm import Endpoint
 from finr1_core.prompts import build_prompt
 from finr1_core.serving import free_port, vllm_python
 from finr1_core.storage import Store
+from tests.servers import wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = str(embedded_model_dir())
@@ -138,16 +139,7 @@ def test_serve_vllm_falls_back_to_transformers_in_one_line(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", MODEL, "--engine", "vllm", "--port", str(port), "--api-key", "k"],
                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert p.poll() is None, p.stdout.read()[-2000:]
-            assert time.monotonic() < deadline, "finr1 serve (transformers fallback) not healthy in 240 s"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_healthy(p, port, 240, "finr1 serve (transformers fallback)", lambda: p.stdout.read(), every_s=0.5)
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 401  # the key proxy's check
     finally:
         os.killpg(p.pid, signal.SIGTERM)
