@@ -206,11 +206,19 @@ _LABELS = {
 _LABEL_RE = re.compile("|".join(sorted((re.escape(k) for k in _LABELS), key=len, reverse=True)), re.I)
 
 
+_NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|isn't|aren't|wasn't)\b|n't\b|不|非|没有|无", re.I)
+_SENTENCE_END = re.compile(r"[.!?。！？;；\n]")
+
+
 def parse_label(s: str, *, loose: bool = False) -> str | None:
+    """A sentiment label (negative / positive / neutral) or None. ``loose`` also reads one label
+    named in a short text ("The sentiment is neutral"): up to 40 characters, or one sentence of at
+    most 120 without a negation ("The sentiment of this financial tweet is Bullish."). A text naming
+    two labels, or negating one, gives None."""
     s0 = _strip_latex(_fw(s)).strip().strip(" .。!！*\"'()（）").casefold()
     if s0 in _LABELS:
         return _LABELS[s0]
-    if loose and len(s0) <= 40:
+    if loose and (len(s0) <= 40 or (len(s0) <= 120 and not _SENTENCE_END.search(s0) and not _NEGATION.search(s0))):
         found = {_LABELS[m.group(0).casefold()] for m in _LABEL_RE.finditer(s0)}
         if len(found) == 1:
             return found.pop()
@@ -521,7 +529,7 @@ def _verify_label(c: _Case) -> Verdict:
         if normalize_text(c.gold) == normalize_text(c.cand):
             return Verdict(CORRECT, c.shown, "exact normalized match")
         return Verdict(UNKNOWN, c.shown, f"gold not a known label ({c.gold[:40]})")
-    p = parse_label(c.cand, loose=not c.fallback or len(c.cand) <= 40)
+    p = parse_label(c.cand, loose=True) if not c.fallback or len(c.cand) <= 120 else None
     if p is None:
         return Verdict(UNKNOWN, c.shown, "prediction has no label")
     return Verdict(CORRECT if p == g else INCORRECT, p, "label match" if p == g else f"labels differ ({p} vs {g})")

@@ -36,6 +36,13 @@ CASES = [
     ("Neutral", r"\boxed{Bullish}", None, I), ("消极", r"\boxed{消极}", None, C), ("中性", r"\boxed{积极}", None, I),
     ("积极", "积极", "label", C), ("Neutral", "The sentiment is neutral.", "label", C),
     ("Bearish", r"<think>x</think>\boxed{Neutral}", "label", I),
+    # one sentence naming one label (the 135M model's usual answer, 49 characters) is read; a negated
+    # label, two labels or two sentences are not
+    ("Bullish", "The sentiment of this financial tweet is Bullish.", "label", C),
+    ("Neutral", "The sentiment of this financial tweet is Bullish.", "label", I),
+    ("Bullish", "The sentiment of this financial tweet is not Bullish.", "label", U),
+    ("Bullish", "The sentiment of this financial tweet is Bullish or maybe Bearish", "label", U),
+    ("Bullish", "The tweet talks about earnings. Overall the sentiment is Bullish.", "label", U),
     # ---- numbers ----
     ("1234567", "1,234,567", None, C), ("1234567", r"\boxed{\$1,234,567}", None, C), ("1234.5", "$1,234.50", None, C),
     ("-1234", "(1,234)", None, C), ("-1234", r"\boxed{(1,234)}", None, C), ("1234", "(1,234)", None, U),  # sign only
