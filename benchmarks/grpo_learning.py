@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--recipe", default=RECIPE)
     ap.add_argument("--set", action="append", default=[], help="More recipe overrides, key=value")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--server", default="vllm", choices=("vllm", "transformers"), help="What serves the checkpoints for `finr1 eval`")
+    ap.add_argument("--concurrency", type=int, default=8, help="`finr1 eval` requests in flight")
     ap.add_argument("--work", default=None, help="Working folder (default: a new one under /tmp)")
     ap.add_argument("--report", default=str(ROOT / "benchmarks" / "results" / "grpo_learning.md"))
     ap.add_argument("--title", default="GRPO learning on TFNS (SmolLM2-135M-Instruct, CPU)")
@@ -190,7 +192,7 @@ def main() -> None:
     base = str(embedded_model_dir())
     model_dir = work / "grpo"
     ev = ["--benchmarks", "tfns", "--data", f"tfns={held_file}", "--max-tokens", str(max_tokens), "--temperature", "0",
-          "--think-prefix", prefix, "--concurrency", "1", "--no-reference"]
+          "--think-prefix", prefix, "--concurrency", str(a.concurrency), "--server", a.server, "--no-reference"]
     # a re-run with the same --work reuses what is done (finr1 eval's cache; a finished training job) and its timings
     times_file = work / "minutes.json"
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
@@ -239,7 +241,7 @@ def main() -> None:
 Written by `benchmarks/grpo_learning.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); the commands it ran are
 below. Held-out rows: a seeded sample (seed {a.seed}) of {len(held)} rows of the eval data; no held-out tweet is trained on.
 Scoring: `finr1 eval` rules only (no judge: an answer the verifier cannot read counts as incorrect), greedy, prefix
-{prefix!r}, at most {max_tokens} new tokens.
+{prefix!r}, at most {max_tokens} new tokens, served by {a.server} ({a.concurrency} requests in flight).
 
 | model | n | accuracy | 95% Wilson | macro-F1 |
 |---|---:|---:|---|---:|

@@ -367,18 +367,24 @@ def eval_cmd(
     rpm: float = typer.Option(None, "--rpm", help="Requests per minute per endpoint"),
     no_reference: bool = typer.Option(False, "--no-reference", help="Leave out Fin-R1's published reference rows"),
     think_prefix: str = typer.Option("<think>\n", "--think-prefix", help="Forced start of a local model's answer (a recipe's think_prefix); '' for none"),
+    server: str = typer.Option("transformers", "--server", help="What serves a local checkpoint (the config's eval.server): transformers or vllm (where vLLM cannot start, one line says so and transformers serves)"),
 ) -> None:
     """Evaluate named models on named benchmarks; a re-run evaluates only what is not cached."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from finr1_core.eval import EvalError, EvalSettings, run_eval
+    from finr1_core.eval.from_config import engine_server
     from finr1_core.llm import Sampling
     from finr1_core.serving import ServerError
     from finr1_core.sources import IngestError
 
+    if server not in ("transformers", "vllm"):
+        fail(f"--server must be transformers or vllm (got {server!r})")
     settings = EvalSettings(sampling=Sampling(temperature, 1.0 if temperature == 0 else 0.95, max_tokens), samples=samples,
                             max_concurrency=concurrency, rpm=rpm, judge_max_tokens=judge_max_tokens,
                             prefix=think_prefix.replace("\\n", "\n"))  # a shell gives "\\n" literally
+    served: list[dict] = []  # what served each local checkpoint (engine, start-up seconds)
+    serve = engine_server(server, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True), record=served)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("failed {task.fields[failed]}"),
                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task("eval", total=None, failed=0)
@@ -387,9 +393,12 @@ def eval_cmd(
             bar.update(task, total=p["total"], completed=p["done"], failed=p["failed"], description=f"eval {p['model']}")
 
         try:
-            res = run_eval(model, benchmarks, data, limit, out, judge=judge, on_progress=on_progress, settings=settings, reference=not no_reference)
+            res = run_eval(model, benchmarks, data, limit, out, judge=judge, on_progress=on_progress, settings=settings,
+                           reference=not no_reference, serve=serve)
         except (EvalError, ServerError, IngestError) as e:
             fail(str(e))
+    for s in served:
+        console.print(f"served {s['model']} with {s['engine']} (start-up {s['startup_s']} s)", highlight=False, markup=False, soft_wrap=True)
     for b, note in res.notes.items():
         console.print(f"{b}: {note}", highlight=False, markup=False)
     console.print(f"requests this run: {res.evaluated} (the rest from the cache under {out})", highlight=False, markup=False)

@@ -151,6 +151,27 @@ def test_serve_vllm_falls_back_to_transformers_in_one_line(tmp_path):
     assert any("(engine transformers, API key required)" in line for line in lines), lines
 
 
+def test_finr1_eval_server_vllm_serves_and_scores_a_checkpoint(tmp_path):
+    """`finr1 eval --server vllm`: the checkpoint is served by vLLM (the CLI says so), every row is
+    answered and scored, and labels are read from the answers (TFNS, no forced prefix)."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "eval"
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "eval", "--model", f"base={MODEL}", "--server", "vllm",
+                        "--benchmarks", "tfns", "--data", f"tfns={REPO / 'data' / 'samples' / 'tfns'}", "--limit", "6",
+                        "--max-tokens", "16", "--think-prefix", "", "--no-reference", "--out", str(out)],
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    served = [line for line in r.stdout.splitlines() if line.startswith("served ")]
+    assert len(served) == 1 and served[0].startswith(f"served {MODEL} with vllm (start-up "), r.stdout[-2000:]
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(rows) == 6 and {row["model"] for row in rows} == {"base"}
+    assert all(row["output"].strip() for row in rows), rows
+    assert {row["gold"] for row in rows} <= {"Bearish", "Bullish", "Neutral"}
+    assert all(row["verdict"] in ("correct", "incorrect", "unknown") for row in rows)
+    assert "requests this run: 6" in r.stdout
+
+
 # --------------------------------------------------------------------------- GRPO's vLLM server (TRL)
 def test_grpo_vllm_server_only_when_vllm_really_generates():
     """device.py turns use_vllm off without a GPU or without vLLM in the training environment; the

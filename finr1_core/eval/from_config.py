@@ -69,18 +69,24 @@ def _bench_of(source: str) -> Benchmark:
 
 
 def server_factory(cfg, log: Callable[[str], None] | None = None, record: list | None = None) -> Callable:
-    """What serves the local checkpoints: vLLM with the reasoning parser and the forced-think
-    template (``eval.server: vllm``; the ``serve`` section's vLLM settings), falling back in one
-    line to ``transformers serve`` where vLLM is not installed or does not start; or
-    ``transformers serve`` itself (the ``serve`` section's start-up timeout)."""
+    """What serves the local checkpoints: ``eval.server`` with the ``serve`` section's settings."""
+    return engine_server(cfg.eval.server, cfg.serve, log, record)
+
+
+def engine_server(engine: str, serve_cfg=None, log: Callable[[str], None] | None = None, record: list | None = None) -> Callable:
+    """``serve(path)`` for :func:`run_eval`: vLLM with the reasoning parser and the forced-think
+    template (``engine`` vllm; ``serve_cfg``'s vLLM settings, default: the config's defaults), falling
+    back in one line to ``transformers serve`` where vLLM is not installed or does not start; or
+    ``transformers serve`` itself (``serve_cfg``'s start-up timeout)."""
     import logging
 
+    from finr1_core.config import ServeConfig
     from finr1_core.serving import serving, vllm_kwargs
 
-    s = cfg.serve
+    s = serve_cfg or ServeConfig()
     managed = dict(continuous_batching=False, startup_timeout_s=s.startup_timeout_s)
     say = log or logging.getLogger("finr1.eval").warning
-    return lambda path: serving(path, cfg.eval.server, log=say, vllm=vllm_kwargs(s, served_model_name=path), managed=managed, record=record)
+    return lambda path: serving(path, engine, log=say, vllm=vllm_kwargs(s, served_model_name=path), managed=managed, record=record)
 
 
 def eval_from_config(cfg, checkpoints: dict[str, str], heldout: list[dict], out: str, *,
