@@ -122,8 +122,22 @@ def test_cli_passes_the_accelerate_config_through(tiny, tmp_path):
     engine = [json.loads(line.split("finr1-train ", 1)[1]) for line in r.stdout.splitlines() if '"event": "engine"' in line]
     assert len(engine) == 1, r.stdout[-3000:]  # rank 0 alone prints it
     assert engine[0]["distributed_type"] == "MULTI_CPU" and engine[0]["processes"] == 2 and engine[0]["device"].startswith("cpu")
+    assert engine[0]["cpu_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # the cores shared out between the two
     result = json.loads(r.stdout[r.stdout.rindex("\n{"):])
     assert result["steps"] == 2 and result["engine"]["processes"] == 2 and result["peak_memory_gib"] is None  # no GPU here
+
+
+def test_one_cpu_process_uses_every_core(tiny, tmp_path):
+    """accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise: a 1-process CPU job ran on one
+    core of two. The launcher gives each process its share of the cores (the engine line says how many)."""
+    model, data = tiny
+    env = {k: v for k, v in job_env().items() if k != "OMP_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "sft", "--recipe", RECIPE, "--data", data, "--output", str(tmp_path / "out"),
+                        "--set", f"model_name_or_path={model}", "--set", "max_steps=1", "--set", "per_device_train_batch_size=1",
+                        "--set", "max_length=16"], capture_output=True, text=True, env=env, timeout=600, cwd=str(REPO_ROOT))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    engine = [json.loads(line.split("finr1-train ", 1)[1]) for line in r.stdout.splitlines() if '"event": "engine"' in line]
+    assert len(engine) == 1 and engine[0]["processes"] == 1 and engine[0]["cpu_threads"] == len(os.sched_getaffinity(0)), r.stdout[-3000:]
 
 
 def test_cli_bad_accelerate_config_is_one_line(tiny, tmp_path):

@@ -47,13 +47,25 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def cpu_threads_per_process(num_processes: int) -> int:
+    """This process's usable cores shared out between ``num_processes`` training processes (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, num_processes))
+
+
 def accelerate_command(method: str, args: list[str], num_processes: int | None, accelerate_config: str | None) -> list[str]:
     """``accelerate launch`` for ``python -m finr1_core.training``: DeepSpeed (or any accelerate set-up)
     from a config file, DDP on GPUs, or N CPU processes over gloo on a CPU host.
 
     With a config file, ``num_processes=None`` keeps the file's own process count; a number overrides it.
+    On a CPU host each process gets an equal share of the cores as its thread count: accelerate sets
+    ``OMP_NUM_THREADS=1`` otherwise (it shares out cores only with ``--cpu``), and a 1-process job ran
+    on one core of two (``$OMP_NUM_THREADS``, when set, wins).
     """
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port())]
+    if not os.environ.get("OMP_NUM_THREADS") and not _cuda():
+        n = num_processes or (int(read_yaml(accelerate_config).get("num_processes") or 1) if accelerate_config else 1)
+        cmd += ["--num_cpu_threads_per_process", str(cpu_threads_per_process(n))]
     if accelerate_config:
         cmd += ["--config_file", accelerate_config]
         if num_processes is not None:

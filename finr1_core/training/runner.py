@@ -38,10 +38,14 @@ class TrainResult:
 def engine_summary(accelerator, model) -> dict:
     """What really runs the job, read from the prepared trainer: the accelerate set-up, the DeepSpeed
     ZeRO stage and, under ZeRO-3, how many parameters this rank holds (a partitioned model holds a
-    shard). Printed as the job's ``engine`` line, so that a run proves which engine it used."""
+    shard), and the CPU threads of this process. Printed as the job's ``engine`` line, so that a run
+    proves which engine it used."""
+    import torch
+
     st = accelerator.state
     info = {"distributed_type": getattr(st.distributed_type, "value", str(st.distributed_type)),
-            "processes": accelerator.num_processes, "mixed_precision": str(st.mixed_precision), "device": str(accelerator.device)}
+            "processes": accelerator.num_processes, "mixed_precision": str(st.mixed_precision), "device": str(accelerator.device),
+            "cpu_threads": torch.get_num_threads()}
     plugin = getattr(st, "deepspeed_plugin", None)
     if plugin is not None:
         info["zero_stage"] = plugin.zero_stage
