@@ -131,6 +131,8 @@ def test_production_recipe_on_gpu_keeps_fast_settings(monkeypatch):
         assert raw["cache_implementation"] == "static" and any("generation_fallback: compiled" in n for n in notes)
         # Liger's layer kernels would make dynamo fall back to an eager decode (measured: 0.98x `generate`)
         assert raw["use_liger_kernel"] is False and any(n.startswith("use_liger_kernel: True -> False (its layer kernels stop the compiled decode") for n in notes)
+        # no flash-attn: SDPA whose one-token decode steps run on the key/value heads (no repeat_kv of the static cache)
+        assert raw["attn_implementation"] in ("flash_attention_3", "flash_attention_2", "sdpa_gqa_decode")
     # SFT keeps Liger wherever it is installed (its memory savings matter for 16k-token rows)
     raw = read_yaml(RECIPES / "qwen2.5-7b-instruct" / "sft.yaml")
     notes = adapt_to_device(raw, "sft", cuda=True)
@@ -177,3 +179,88 @@ def test_reasoning_steps_reward_is_graded():
 
     f = REWARDS["reasoning_steps"]
     assert f(["First, 0.12.\nThen, times 200.\nSo, 24", "Step 1: 0.12", "nothing"]) == [1.0, 1 / 3, 0.0]
+
+
+def test_gqa_decode_attention_matches_sdpa():
+    """The compiled decode's attention (one-token steps on the key/value heads) is transformers' SDPA
+    attention with repeat_kv: same output for a padded batch; longer queries go to SDPA itself."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from finr1_core.training.attention import gqa_decode_attention_forward
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=7, is_causal=True)
+    k, v = torch.randn(2, 2, 20, 16), torch.randn(2, 2, 20, 16)
+    mask = torch.ones(2, 1, 1, 20, dtype=torch.bool)
+    mask[0, ..., :5] = False  # left padding
+    mask[:, ..., 17:] = False  # static cache slots not written yet
+    q = torch.randn(2, 14, 1, 16)
+    got, _ = gqa_decode_attention_forward(module, q, k, v, mask, scaling=0.25)
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)
+    assert got.shape == want.shape == (2, 1, 14, 16)
+    assert torch.allclose(got, want, atol=1e-5)
+    q3 = torch.randn(2, 14, 3, 16)
+    m3 = torch.ones(2, 1, 3, 20, dtype=torch.bool).tril(17)
+    assert torch.equal(gqa_decode_attention_forward(module, q3, k, v, m3)[0], sdpa_attention_forward(module, q3, k, v, m3)[0])
+
+
+def test_compiled_generation_drops_the_input_grad_hook_and_defers_the_stop_check():
+    """While generating: no `make_inputs_require_grads` hook (dynamo breaks the decode graph on it) and
+    transformers' deferred stop check on any device; afterwards one hook again, and no hook pile-up."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.generation.utils import DeferredStopCheck
+
+    from finr1_core.training.grpo import compiled_generation
+
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    model.enable_input_require_grads()
+    emb = model.get_input_embeddings()
+    seen = []
+
+    class FakeTrl:  # what TRL's generation does to the hooks with gradient checkpointing on
+        def __init__(self, gc: bool):
+            self.model_wrapped, self.accelerator, self.gc = model, SimpleNamespace(unwrap_model=lambda m: m), gc
+
+        def _generate_single_turn(self, *a, **kw):
+            seen.append((len(emb._forward_hooks), DeferredStopCheck.is_supported(torch.device("cuda"), None, False, False)))
+            if self.gc:
+                model.enable_input_require_grads()  # TRL's gradient_checkpointing_enable after generating
+            return "ids"
+
+    for gc in (True, False, True):
+        assert compiled_generation(FakeTrl)(gc)._generate_single_turn() == "ids"
+        assert len(emb._forward_hooks) == 1
+    assert seen == [(0, True)] * 3
+    assert not DeferredStopCheck.is_supported(torch.device("cuda"), None, False, False)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="the varlen kernel needs CUDA")
+def test_varlen_attention_takes_the_collators_boundaries():
+    """Packed rows: the boundaries TRL's padding-free collator computed on the host give the same
+    attention as the ones derived from position_ids (no device-to-host sync)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from finr1_core.training import attention
+
+    if not attention.available():
+        pytest.skip("torch.nn.attention.varlen is missing")
+    torch.manual_seed(0)
+    lens = [5, 17, 3, 40]
+    t = sum(lens)
+    pos = torch.cat([torch.arange(n) for n in lens])[None].cuda()
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(1, h, t, 64, device="cuda", dtype=torch.bfloat16) for h in (4, 2, 2))
+    m = SimpleNamespace(num_key_value_groups=2)
+    attention._last[:] = [None, None]
+    want, _ = attention.varlen_attention_forward(m, q, k, v, None, position_ids=pos)
+    got, _ = attention.varlen_attention_forward(m, q, k, v, None, position_ids=pos.clone(), cu_seq_lens_q=cu, max_length_q=40)
+    assert torch.equal(got, want)

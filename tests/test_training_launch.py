@@ -175,3 +175,4 @@ def test_compiled_grpo_sizes_its_static_cache_once(tiny, tmp_path):
                           add_special_tokens=False)["input_ids"]) for r in rows)
     assert trainer.generation_config.max_cache_len == longest + 24 and longest > 40
     assert trainer.generation_config.top_k == 7 and trainer.generation_config.disable_compile is False
+    assert trainer.remove_input_grad_hooks and trainer.defer_stop_check  # finr1's compiled-decode generation

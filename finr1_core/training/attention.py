@@ -6,8 +6,10 @@ apart (it refuses the block-diagonal mask), and flash-attn is often not installe
 newer) ships the FlashAttention-2 varlen kernel itself. :data:`NAME` registers it with transformers'
 ``AttentionInterface`` as an ``attn_implementation``:
 
-- no padding mask and no KV cache (training): the sequence boundaries come from ``position_ids``
-  (or each row is one sequence), and the kernel runs on the flattened tokens;
+- no padding mask and no KV cache (training): the sequence boundaries come from the collator's
+  ``cu_seq_lens_q``/``max_length_q`` (TRL's padding-free collator computes them on the host), else from
+  ``position_ids`` (one device-to-host sync per forward), else each row is one sequence; the kernel
+  runs on the flattened tokens;
 - anything else (a padding mask, generation with a cache, dropout): SDPA with an explicit mask.
 
 Measured against flex attention, the previous pick for packed rows, in
@@ -83,6 +85,7 @@ def _kernel_kwargs(scaling: float | None, gqa: bool) -> dict:
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                              sliding_window: int | None = None, **kwargs):
     """transformers' attention signature: query/key/value are (batch, heads, seq, dim); returns (batch, seq, heads, dim)."""
+    import torch
     from torch.nn.attention.varlen import varlen_attn
 
     b, hq, t, d = query.shape
@@ -93,7 +96,12 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     if hk != hq and "enable_gqa" not in kw:
         key = key.repeat_interleave(hq // hk, dim=1)
         value = value.repeat_interleave(hq // hk, dim=1)
-    cu, max_len = _boundaries(kwargs.get("position_ids"), b, t, query.device)
+    cu, max_len = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if b != 1 or cu is None or max_len is None or int(cu.numel()) < 2:
+        cu, max_len = _boundaries(kwargs.get("position_ids"), b, t, query.device)
+    else:  # TRL's padding-free collator computed the boundaries on the host: no device-to-host sync here
+        cu = cu.to(device=query.device, dtype=torch.int32)
+        max_len = int(max_len)
     q, k, v = (x.transpose(1, 2).reshape(b * t, x.shape[1], d) for x in (query, key, value))
     out = varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw)
     return out.reshape(b, t, hq, d), None
@@ -112,3 +120,52 @@ def _sdpa_fallback(module, query, key, value, attention_mask, dropout, scaling, 
     kwargs.pop("is_causal", None)
     return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
                                   is_causal=mask is None and query.shape[2] > 1, **kwargs)
+
+
+# --- GRPO's compiled decode: single-token steps on the key/value heads -------------------------------------------
+
+GQA_DECODE = "sdpa_gqa_decode"
+
+
+def register_gqa_decode() -> str:
+    """Make ``attn_implementation: sdpa_gqa_decode`` loadable in this process (idempotent): transformers'
+    SDPA attention, with its masks, except for one-token decode steps of grouped-query attention."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GQA_DECODE, gqa_decode_attention_forward)
+    AttentionMaskInterface.register(GQA_DECODE, sdpa_mask)
+    return GQA_DECODE
+
+
+def gqa_decode_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                                 **kwargs):
+    """SDPA, except a one-token query of grouped-query attention: that runs on the key/value heads.
+
+    transformers' SDPA path folds the query heads onto the key/value heads for a decode step only when
+    it is not compiled; under ``torch.compile`` (the static-cache decode of ``generation_fallback:
+    compiled``) it copies the whole static cache ``num_key_value_groups`` times in every layer and step
+    (``repeat_kv``) and calls SDPA on ``num_attention_heads`` heads, with a padding mask, which sends it
+    to a kernel built for long queries. Measured at 0.5B (14 query, 2 key/value heads, a 566-token
+    cache), 32 completions, an H200: about 86 us per layer and step (cuDNN: 44 us of attention and two
+    21 us copies; the memory-efficient kernel: 89 us), 2 ms of a 3 ms decode step.
+
+    Here the ``(batch, heads, 1, dim)`` query becomes ``(batch, kv_heads, groups, dim)`` (query head
+    ``h`` reads key/value head ``h // groups``, as ``repeat_kv`` lays them out) and attention is the
+    arithmetic of transformers' eager attention: scores in the model's dtype, softmax in fp32, the
+    ``(batch, 1, 1, kv_len)`` mask broadcast over the groups. Compiled, that is two small batched
+    matmuls and one fused masked softmax per layer."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    b, hq, t, d = query.shape
+    if (t != 1 or groups == 1 or dropout > 0 or kwargs.get("position_bias") is not None or kwargs.get("cache") is not None
+            or (attention_mask is not None and (attention_mask.dim() != 4 or attention_mask.shape[1] != 1 or attention_mask.shape[2] != 1))):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    q = query.reshape(b, key.shape[1], groups, d)
+    scores = torch.matmul(q, key.transpose(-1, -2)) * (d ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool else scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    return torch.matmul(probs, value).reshape(b, 1, hq, value.shape[-1]), None

@@ -45,7 +45,8 @@ def adapt_to_device(raw: dict, method: str, cuda: bool | None = None) -> list[st
             raw[k] = v
 
     packed = bool(raw.get("padding_free") or (raw.get("packing") and raw.get("packing_strategy", "bfd") != "wrapped"))
-    if raw.get("attn_implementation") in (None, "auto"):
+    auto_attention = raw.get("attn_implementation") in (None, "auto")
+    if auto_attention:
         setv("attn_implementation", pick_attention(cuda, packed), "fastest installed backend")
     if not cuda:
         setv("dtype", "float32", "CPU runs fp32")
@@ -69,6 +70,9 @@ def adapt_to_device(raw: dict, method: str, cuda: bool | None = None) -> list[st
                 setv("use_transformers_continuous_batching", True, "generation_fallback: paged")
             elif fallback == "compiled":
                 setv("cache_implementation", "static", "generation_fallback: compiled (decode compiled by transformers)")
+                if auto_attention and raw["attn_implementation"] == "sdpa":
+                    setv("attn_implementation", attention.GQA_DECODE, "generation_fallback: compiled (SDPA, with one-token decode steps "
+                         "on the key/value heads: no repeat_kv copy of the static cache in every layer and step)")
                 if raw.get("use_liger_kernel"):
                     # Liger patches the model's layers with Triton kernels that dynamo cannot trace: each
                     # layer graph-breaks, recompiles on its layer index until the recompile limit, and the
@@ -79,6 +83,8 @@ def adapt_to_device(raw: dict, method: str, cuda: bool | None = None) -> list[st
             setv("use_liger_kernel", False, "liger-kernel not installed")
     if raw["attn_implementation"] == attention.NAME:
         attention.register()
+    elif raw["attn_implementation"] == attention.GQA_DECODE:
+        attention.register_gqa_decode()
     mik = dict(raw.get("model_init_kwargs") or {})
     mik.setdefault("dtype", raw.get("dtype") or "auto")
     mik.setdefault("attn_implementation", raw["attn_implementation"])
