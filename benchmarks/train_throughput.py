@@ -92,8 +92,8 @@ def sync():
         torch.cuda.synchronize()
 
 
-def plain_loop(size, vocab, batch, seq, steps, warmup, cuda) -> dict:
-    """Dense bf16 baseline: full rows, SDPA, fused AdamW."""
+def plain_loop(size, vocab, batch, seq, steps, warmup, cuda, profiler=None) -> dict:
+    """Dense bf16 baseline: full rows, SDPA, fused AdamW. ``profiler``: a ``torch.profiler`` stepped once a step."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -104,6 +104,8 @@ def plain_loop(size, vocab, batch, seq, steps, warmup, cuda) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     x = torch.randint(0, vocab, (batch, seq), device=dev)
     times = []
+    if profiler is not None:
+        profiler.start()
     for i in range(warmup + steps):
         sync()
         t = time.perf_counter()
@@ -114,6 +116,10 @@ def plain_loop(size, vocab, batch, seq, steps, warmup, cuda) -> dict:
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t)
+        if profiler is not None:
+            profiler.step()
+    if profiler is not None:
+        profiler.stop()
     del model, opt
     if cuda:
         torch.cuda.empty_cache()
@@ -128,7 +134,7 @@ def long_tailed_lengths(n: int, seq: int, seed: int = 0, median: int = 1000) -> 
     return [max(64, min(seq, int(math.exp(rng.gauss(math.log(median), 0.9))))) for _ in range(n)]
 
 
-def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Path) -> dict:
+def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Path, profiler=None, extra: dict | None = None) -> dict:
     """The project's SFT path: production recipe, adapted to this machine, bfd packing (padding-free)."""
     import torch
     from datasets import Dataset
@@ -152,7 +158,8 @@ def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Pat
     ov = {"model_name_or_path": str(mdir), "max_steps": warmup + steps, "per_device_train_batch_size": batch,
           "gradient_accumulation_steps": 1, "max_length": seq, "gradient_checkpointing": False, "save_strategy": "no",
           "report_to": "none", "logging_steps": 1000, "completion_only_loss": False, "dataloader_num_workers": 0,
-          "attn_implementation": attn, "use_liger_kernel": liger, "lr_scheduler_type": "constant", "num_train_epochs": 1}
+          "attn_implementation": attn, "use_liger_kernel": liger, "lr_scheduler_type": "constant", "num_train_epochs": 1,
+          **(extra or {})}
     recipe = load_recipe("sft", REPO_ROOT / "configs/recipes/qwen2.5-7b-instruct/sft.yaml", ov, output_dir=str(work / "sft-out"))
     times: list[float] = []
 
@@ -164,6 +171,16 @@ def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Pat
         def on_step_end(self, args, state, control, **kw):
             sync()
             times.append(time.perf_counter() - self.t)
+            if profiler is not None:
+                profiler.step()
+
+        def on_train_begin(self, args, state, control, **kw):
+            if profiler is not None:
+                profiler.start()
+
+        def on_train_end(self, args, state, control, **kw):
+            if profiler is not None:
+                profiler.stop()
 
     tr = SFTTrainer(model=str(mdir), args=recipe.args, train_dataset=Dataset.from_dict({"input_ids": rows}),
                     processing_class=tok, callbacks=[Timer()])
