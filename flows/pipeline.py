@@ -69,7 +69,8 @@ def finr1_pipeline(config: str = "configs/embedded.yaml", storage_root: str | No
             out.update(train(**run, stop_after="sft" if stop_after == "sft" else None))
         if stop_after in ("sft", "grpo"):
             return out
-        out["report"] = evaluate_models(**run, timings=t)["report"]
+        with timed(t, "evaluate"):  # the report shows the phases before it; `finr1 run`'s summary shows this one too
+            out["report"] = evaluate_models(**run, timings=dict(t))["report"]
         return out
 
 
