@@ -118,8 +118,10 @@ def plot(log_history: list[dict], png: Path, title: str) -> None:
     steps = [e for e in log_history if "reward" in e and "step" in e]
     xs = [e["step"] for e in steps]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key, label in ((axes[0], "reward", "mean reward (= training accuracy)"), (axes[1], "reward_std", "reward std in the group")):
-        ys = [float(e[key]) for e in steps]
+    panels = ((axes[0], lambda e: float(e["reward"]), "mean reward (= training accuracy)"),
+              (axes[1], lambda e: 1 - float(e.get("frac_reward_zero_std", 1.0)), "groups with a reward spread (fraction)"))
+    for ax, value, label in panels:
+        ys = [value(e) for e in steps]
         ax.plot(xs, ys, marker="o", ms=2, alpha=0.4, label="per step")
         w = max(1, len(ys) // 10)
         if len(ys) >= w:
@@ -151,6 +153,8 @@ def main() -> None:
     ap.add_argument("--recipe", default=RECIPE)
     ap.add_argument("--set", action="append", default=[], help="More recipe overrides, key=value")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--balance", action="store_true", help="Train on equally many rows of each label (the rarest label's count): "
+                    "with the natural mix (two thirds Neutral) the accuracy reward pays most for always answering Neutral")
     ap.add_argument("--server", default="vllm", choices=("vllm", "transformers"), help="What serves the checkpoints for `finr1 eval`")
     ap.add_argument("--concurrency", type=int, default=8, help="`finr1 eval` requests in flight")
     ap.add_argument("--work", default=None, help="Working folder (default: a new one under /tmp)")
@@ -177,6 +181,10 @@ def main() -> None:
     train_all = load(a.data, "train")
     held_all = train_all if a.eval_data in (None, a.data) and a.data is not None else load(a.eval_data or a.data, "validation")
     train, held = split_rows(train_all, held_all, a.eval_rows, a.seed)
+    if a.balance:  # as many training rows of each label as the rarest has (held-out rows keep their natural mix)
+        by = {c: [r for r in train if r["answer"] == c] for c in LABELS}
+        k = min(len(v) for v in by.values())
+        train = [r for c in LABELS for r in random.Random(a.seed + 3).sample(by[c], k)]
     if a.train_rows:
         train = random.Random(a.seed + 1).sample(train, min(a.train_rows, len(train)))
     random.Random(a.seed + 2).shuffle(train)
@@ -225,7 +233,7 @@ def main() -> None:
 
     mlo, mhi = wilson_ci(counts[major], len(held))
     rewards = [float(e["reward"]) for e in hist if "reward" in e]
-    stds = [float(e["reward_std"]) for e in hist if "reward_std" in e]
+    zero = [float(e["frac_reward_zero_std"]) for e in hist if "frac_reward_zero_std" in e]  # groups without a spread (no gradient)
     q = max(1, len(rewards) // 4)
     minutes = sum(times.values())
     above = after["ci"][0] > before["ci"][1]
@@ -265,7 +273,10 @@ After GRPO:
 - {len(train)} training rows available; {res['steps']} steps ({res['steps'] * int(recipe.get('per_device_train_batch_size', 8)) // int(recipe.get('num_generations', 8))} prompts seen), {res['seconds'] / 60:.1f} min.
 - Mean reward (the training-batch accuracy, sampled at temperature {recipe.get('temperature')}): first quarter of steps
   {sum(rewards[:q]) / q if rewards else float('nan'):.3f}, last quarter {sum(rewards[-q:]) / q if rewards else float('nan'):.3f}.
-- Steps with a reward spread in the group (std > 0): {sum(1 for s in stds if s > 0)} of {len(stds)}.
+- Prompt groups with a reward spread (some of the {recipe.get('num_generations')} answers right, some wrong: the only ones
+  with a gradient): {1 - sum(zero) / len(zero) if zero else float('nan'):.2f} of all groups; first quarter of steps
+  {1 - sum(zero[:q]) / q if zero else float('nan'):.2f}, last quarter {1 - sum(zero[-q:]) / q if zero else float('nan'):.2f}.
+- Training rows: {'balanced, ' + str(len(train) // 3) + ' of each label' if a.balance else 'the natural label mix'}.
 
 ![reward curves]({png.name})
 
