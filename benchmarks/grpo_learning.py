@@ -237,8 +237,9 @@ def main() -> None:
     q = max(1, len(rewards) // 4)
     minutes = sum(times.values())
     above = after["ci"][0] > before["ci"][1]
-    used = yaml.safe_dump({k: recipe[k] for k in ("think_prefix", "reward_funcs", "learning_rate", "num_generations",
-                                                   "per_device_train_batch_size", "max_completion_length", "temperature") if k in recipe},
+    ran = {**recipe, **{k: yaml.safe_load(v) for k, _, v in (x.partition("=") for x in a.set)}}  # the recipe as --set left it
+    used = yaml.safe_dump({k: ran[k] for k in ("think_prefix", "reward_funcs", "learning_rate", "num_generations",
+                                                "per_device_train_batch_size", "max_completion_length", "temperature") if k in ran},
                           sort_keys=False, default_flow_style=True).strip()
 
     def row(name, s):
