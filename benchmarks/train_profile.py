@@ -22,7 +22,6 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -132,11 +131,11 @@ def idle_report(prof, min_gap_us: float = 100.0, sample_us: float = 100.0, top: 
 
 def grpo(a) -> dict:
     import torch
+    from train_jobs import RECIPES, VOCAB, build_model, rl_rows
     from transformers import TrainerCallback
 
     from finr1_core.training.grpo import build_grpo_trainer
     from finr1_core.training.recipes import load_recipe
-    from train_jobs import RECIPES, VOCAB, build_model, rl_rows
 
     torch._dynamo.utils.counters.clear()
     root = Path(tempfile.mkdtemp())
@@ -222,7 +221,6 @@ def grpo(a) -> dict:
 
 def sft(a) -> dict:
     import torch
-
     from train_throughput import model_dir, plain_loop, sft_path
 
     root = Path(tempfile.mkdtemp())
