@@ -270,7 +270,8 @@ def main(argv=None) -> int:
                     "(the GQA decode attention: --set attn_implementation=sdpa)")
     ap.add_argument("--stack", action="store_true", help="record Python stacks (for the idle-GPU report)")
     ap.add_argument("--tag", default="")
-    ap.add_argument("--variants", default="plain,recipe,noliger")
+    ap.add_argument("--variants", default="plain,recipe,noliger",
+                    help="SFT: plain, recipe, noliger, sdpa, flex; +key=value recipe overrides")
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "benchmarks" / "results")))
     a = ap.parse_args(argv)
     a.size = a.size or ("0.5b" if a.what == "grpo" else "1.5b")

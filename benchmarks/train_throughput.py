@@ -67,7 +67,8 @@ def model_dir(size: str, vocab: int, root: Path, dtype="bfloat16") -> Path:
     d = root / f"qwen-{size}"
     if not (d / "config.json").exists():
         torch.manual_seed(0)
-        m = AutoModelForCausalLM.from_config(qwen_config(size, vocab), dtype=getattr(torch, dtype))
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            m = AutoModelForCausalLM.from_config(qwen_config(size, vocab), dtype=getattr(torch, dtype))
         m.save_pretrained(d)
         tokenizer_dir(d)
     return d
@@ -100,7 +101,8 @@ def plain_loop(size, vocab, batch, seq, steps, warmup, cuda, profiler=None) -> d
     dev = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(qwen_config(size, vocab), dtype=dtype, attn_implementation="sdpa").to(dev)
+    with torch.device(dev):  # initialised on the device: a 1.5B CPU init took about a minute a run
+        model = AutoModelForCausalLM.from_config(qwen_config(size, vocab), dtype=dtype, attn_implementation="sdpa")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     x = torch.randint(0, vocab, (batch, seq), device=dev)
     times = []
@@ -127,6 +129,20 @@ def plain_loop(size, vocab, batch, seq, steps, warmup, cuda, profiler=None) -> d
     return {"tok_s": batch * seq / med, "tokens_per_step": batch * seq, "step_s": med}
 
 
+def plain_loop_isolated(size, vocab, batch, seq, steps, warmup, cuda) -> dict:
+    """:func:`plain_loop` in a fresh process. Liger's Qwen2 patch, applied when an SFT run loads its
+    model with ``use_liger_kernel``, replaces transformers' Qwen2 RMSNorm, SwiGLU and RoPE for the whole
+    process: a plain loop run after it in the same process is a Liger loop (H200, 1.5B, 4 x 4,096:
+    37.2k tok/s before the patch, 46.9k after)."""
+    import subprocess
+
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from train_throughput import plain_loop; "
+            "print('RESULT ' + json.dumps(plain_loop(sys.argv[2], *map(int, sys.argv[3:9]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), size, str(vocab), str(batch),
+                          str(seq), str(steps), str(warmup), str(int(cuda))], capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
 def long_tailed_lengths(n: int, seq: int, seed: int = 0, median: int = 1000) -> list[int]:
     import random
 
@@ -134,15 +150,19 @@ def long_tailed_lengths(n: int, seq: int, seed: int = 0, median: int = 1000) -> 
     return [max(64, min(seq, int(math.exp(rng.gauss(math.log(median), 0.9))))) for _ in range(n)]
 
 
-def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Path, profiler=None, extra: dict | None = None) -> dict:
-    """The project's SFT path: production recipe, adapted to this machine, bfd packing (padding-free)."""
+def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Path, profiler=None, extra: dict | None = None,
+             pack: int = 0) -> dict:
+    """The project's SFT path: production recipe, adapted to this machine, bfd packing (padding-free),
+    run by finr1's trainer class (``finr1_core.training.sft.sft_trainer_class``). ``pack``: rows
+    packed to this many tokens (the production recipe's ``max_length`` is 16,384), ``batch x seq / pack``
+    of them a step, so the tokens per step stay the plain loop's; default ``seq``."""
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
-    from trl import SFTTrainer
 
     from finr1_core.config import REPO_ROOT
     from finr1_core.training.recipes import load_recipe
+    from finr1_core.training.sft import sft_trainer_class
 
     total = (warmup + steps + 2) * batch * seq * 1.15
     lengths, acc = [], 0
@@ -155,8 +175,10 @@ def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Pat
     vocab = len(tok)
     g = torch.Generator().manual_seed(1)
     rows = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
-    ov = {"model_name_or_path": str(mdir), "max_steps": warmup + steps, "per_device_train_batch_size": batch,
-          "gradient_accumulation_steps": 1, "max_length": seq, "gradient_checkpointing": False, "save_strategy": "no",
+    pack = pack or seq
+    rows_per_step = max(1, batch * seq // pack)
+    ov = {"model_name_or_path": str(mdir), "max_steps": warmup + steps, "per_device_train_batch_size": rows_per_step,
+          "gradient_accumulation_steps": 1, "max_length": pack, "gradient_checkpointing": False, "save_strategy": "no",
           "report_to": "none", "logging_steps": 1000, "completion_only_loss": False, "dataloader_num_workers": 0,
           "attn_implementation": attn, "use_liger_kernel": liger, "lr_scheduler_type": "constant", "num_train_epochs": 1,
           **(extra or {})}
@@ -182,7 +204,7 @@ def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Pat
             if profiler is not None:
                 profiler.stop()
 
-    tr = SFTTrainer(model=str(mdir), args=recipe.args, train_dataset=Dataset.from_dict({"input_ids": rows}),
+    tr = sft_trainer_class(recipe, tok)(model=str(mdir), args=recipe.args, train_dataset=Dataset.from_dict({"input_ids": rows}),
                     processing_class=tok, callbacks=[Timer()])
     packed = tr.train_dataset
     per_row = sum(len(r) for r in packed["input_ids"]) / len(packed)
@@ -192,7 +214,8 @@ def sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, work: Pat
     del tr
     if cuda:
         torch.cuda.empty_cache()
-    return {"tok_s": batch * per_row / med, "tokens_per_step": batch * per_row, "step_s": med, "rows": len(rows),
+    return {"tok_s": rows_per_step * per_row / med, "tokens_per_step": rows_per_step * per_row, "step_s": med,
+            "packed_length": pack, "rows": len(rows),
             "median_row_len": sorted(lengths)[len(lengths) // 2], "notes": recipe.notes}
 
 
@@ -244,9 +267,12 @@ def sft_variants(cuda: bool, quick: bool = False) -> list[tuple[str, str, bool]]
     return out if has("liger_kernel") else [o for o in out if not o[2]]
 
 
-def _sft_row(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root) -> dict:
+SFT_SET: dict = {}  # --set KEY=JSON: recipe overrides for every SFT run
+
+
+def _sft_row(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root, pack=0) -> dict:
     try:
-        return sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root)
+        return sft_path(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root, pack=pack, extra=SFT_SET)
     except Exception as e:  # one failing variant must not lose the others
         return {"tok_s": 0.0, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
 
@@ -278,18 +304,25 @@ def run_size(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, quic
     return rows
 
 
-def run_interleaved(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, rounds: int = 2) -> list[dict]:
+def run_interleaved(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, rounds: int = 2,
+                    pack: int = 0) -> list[dict]:
     """plain, SFT recipe, plain, SFT recipe, ..., plain: the baseline on both sides of every SFT
-    measurement, so clock drift shows; each SFT row is compared with the mean of its two neighbours."""
+    measurement, so clock drift shows; each SFT row is compared with the mean of its two neighbours.
+    Every plain run is a fresh process (:func:`plain_loop_isolated`)."""
     n = n_params(size, vocab)
     mdir = model_dir(size, vocab, root)
     label, attn, liger = sft_variants(cuda, quick=True)[0]
     rows = []
     for i in range(2 * rounds + 1):
         if i % 2 == 0:
-            r = {"size": size, "setting": f"plain dense loop, full {seq} rows (#{i // 2 + 1})", **plain_loop(size, vocab, batch, seq, steps, warmup, cuda)}
+            r = {"size": size, "setting": f"plain dense loop, full {seq} rows (#{i // 2 + 1})",
+                 **plain_loop_isolated(size, vocab, batch, seq, steps, warmup, cuda)}
         else:
-            r = {"size": size, "setting": f"{label} (#{i // 2 + 1})", **_sft_row(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root)}
+            name = label
+            if pack and pack != seq:
+                name = name.replace(", bfd", f", bfd to {pack} tokens")
+            r = {"size": size, "setting": f"{name} (#{i // 2 + 1})",
+                 **_sft_row(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root, pack=pack)}
         rows.append(r)
         log(r)
     for i, r in enumerate(rows):
@@ -351,8 +384,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="only the recipe's SFT variant and its no-Liger twin")
     ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                     help="plain, SFT recipe, plain, ... (ROUNDS SFT runs between ROUNDS+1 baselines); each SFT row against its two neighbours")
+    ap.add_argument("--pack", type=int, default=0, metavar="TOKENS",
+                    help="with --interleave: SFT rows packed to TOKENS (the production recipe: 16384), as many a step as keep "
+                         "the plain loop's tokens per step (default: one 4096-token row per plain row)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="an SFT recipe override for every SFT run, e.g. dataloader_num_workers=4 (the recipe's own; default 0)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args(argv)
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        SFT_SET[k] = json.loads(v)
     cuda = torch.cuda.is_available()
     vocab, seq, sizes = 151936, SEQ, a.sizes.split(",")
     device = torch.cuda.get_device_name(0) if cuda else "CPU"
@@ -366,7 +407,7 @@ def main(argv=None) -> int:
         for size in [] if a.skip_train else sizes:
             batch = a.batch or (4 if size in ("0.5b", "toy") else 2)
             if a.interleave:
-                train_rows += run_interleaved(size, vocab, batch, a.steps, a.warmup, seq, cuda, Path(tmp), log, a.interleave)
+                train_rows += run_interleaved(size, vocab, batch, a.steps, a.warmup, seq, cuda, Path(tmp), log, a.interleave, a.pack)
             else:
                 train_rows += run_size(size, vocab, batch, a.steps, a.warmup, seq, cuda, Path(tmp), log, a.quick)
     if not a.skip_generation:

@@ -15,7 +15,7 @@ from finr1_core.training.runner import TrainResult, train_and_save, with_row_log
 def build_sft_trainer(recipe: Recipe, rows: Sequence[dict]):
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import SFTTrainer, get_peft_config
+    from trl import get_peft_config
 
     examples = sft_examples(rows)
     if recipe.script.max_rows:
@@ -23,7 +23,7 @@ def build_sft_trainer(recipe: Recipe, rows: Sequence[dict]):
     if not examples:
         raise DataError("data error: conversation: no SFT rows with both a user and an assistant turn")
     tok = AutoTokenizer.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision)
-    cls = with_row_log(SFTTrainer, tok) if recipe.script.log_rows else SFTTrainer
+    cls = sft_trainer_class(recipe, tok)
     trainer = cls(
         model=recipe.model.model_name_or_path,
         args=recipe.args,
@@ -32,6 +32,14 @@ def build_sft_trainer(recipe: Recipe, rows: Sequence[dict]):
         peft_config=get_peft_config(recipe.model),
     )
     return trainer, tok, len(examples)
+
+
+def sft_trainer_class(recipe: Recipe, tok):
+    """The trainer class finr1's SFT jobs run (the benchmarks time this one): TRL's ``SFTTrainer``,
+    with the row log where the recipe asks for it."""
+    from trl import SFTTrainer
+
+    return with_row_log(SFTTrainer, tok) if recipe.script.log_rows else SFTTrainer
 
 
 def train_sft(recipe: Recipe, rows: Sequence[dict], remote_uri: str | None = None) -> TrainResult:
