@@ -87,7 +87,7 @@ TEST_WORKERS ?= 2
 
 test: setup vllm
 	$(BIN)/finr1 prepare-model
-	$(BIN)/python -m pytest -m "not heavy" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not heavy" -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 # ops: a local Prefect server (127.0.0.1:4200, SQLite in $(FINR1_HOME)/prefect; Postgres when
 # PREFECT_API_DATABASE_CONNECTION_URL is set), the finr1-process pool and worker, the deployments.

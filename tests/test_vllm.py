@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import re
 import signal
@@ -204,7 +205,7 @@ def test_grpo_vllm_server_entry_point_log_kept_and_error_in_one_line(tmp_path):
     assert lines[0].startswith(f"finr1-train starting {sys.executable} -m trl.scripts.vllm_serve --model {MODEL}")
 
 
-def test_pipeline_model_server_falls_back_in_one_line_and_says_so_in_the_run(tmp_path, capfd):
+def test_pipeline_model_server_falls_back_in_one_line_and_says_so_in_the_run(tmp_path):
     """The pipeline's managed servers with vLLM unavailable: one warning line, one transformers serve
     for teacher and judge, chat-prefill turned into completions for it, and serving.json says so."""
     from prefect import flow
@@ -223,11 +224,19 @@ def test_pipeline_model_server_falls_back_in_one_line_and_says_so_in_the_run(tmp
             r = httpx.get(served["urls"][MODEL].replace("/v1", "/health"), timeout=10)
             return served, r.status_code
 
-    served, status = f()
+    records: list[logging.LogRecord] = []
+    keep = logging.Handler()
+    keep.emit = records.append  # the flow run's log, as records (Prefect's console may print after the flow returns)
+    run_log = logging.getLogger("prefect.flow_runs")
+    run_log.addHandler(keep)
+    try:
+        served, status = f()
+    finally:
+        run_log.removeHandler(keep)
     assert status == 200 and served["engine"] == "transformers" and list(served["urls"]) == [MODEL]
-    notes = [line for line in capfd.readouterr().err.splitlines() if "vLLM unavailable" in line]  # the flow run's log
-    assert len(notes) == 1 and "WARNING" in notes[0], notes
-    assert notes[0].endswith(f"vLLM unavailable ({missing} does not exist (run `make vllm`, or set FINR1_VLLM_PYTHON / "
+    notes = [(r.levelname, r.getMessage()) for r in records if "vLLM unavailable" in r.getMessage()]
+    assert len(notes) == 1 and notes[0][0] == "WARNING", notes
+    assert notes[0][1].endswith(f"vLLM unavailable ({missing} does not exist (run `make vllm`, or set FINR1_VLLM_PYTHON / "
                              "serve.vllm_python)); serving with transformers serve instead")
     rec = json.loads((tmp_path / "runs" / "fb" / "serving.json").read_text())
     assert rec["engine"] == "transformers" and missing in rec["fallback_reason"] and rec["servers"][0]["engine"] == "transformers"
