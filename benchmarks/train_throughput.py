@@ -281,7 +281,7 @@ def run_size(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, quic
     n = n_params(size, vocab)
     mdir = model_dir(size, vocab, root)
     rows = []
-    base = plain_loop(size, vocab, batch, seq, steps, warmup, cuda)
+    base = plain_loop_isolated(size, vocab, batch, seq, steps, warmup, cuda)  # fresh processes: Liger's patch is process-wide
     rows.append({"size": size, "setting": f"plain dense loop, full {seq} rows (start)", **base})
     log(rows[-1])
     variants = sft_variants(cuda, quick)
@@ -290,7 +290,7 @@ def run_size(size, vocab, batch, steps, warmup, seq, cuda, root: Path, log, quic
     for label, attn, liger in mine:
         rows.append({"size": size, "setting": label, **_sft_row(size, mdir, batch, seq, steps, warmup, cuda, attn, liger, root)})
         log(rows[-1])
-    end = plain_loop(size, vocab, batch, seq, steps, warmup, cuda)
+    end = plain_loop_isolated(size, vocab, batch, seq, steps, warmup, cuda)
     rows.append({"size": size, "setting": f"plain dense loop, full {seq} rows (end)", **end})
     log(rows[-1])
     for label, attn, liger in variants[len(mine):]:
